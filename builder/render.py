@@ -1,0 +1,62 @@
+"""Jinja2 rendering of the environment's scripts; a vendor folder overrides any template by name."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from builder.errors import BuildError
+
+BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def shquote(value: object) -> str:
+    """Quote any value for a POSIX shell; the only way a value reaches generated shell."""
+    return shlex.quote(str(value))
+
+
+def make_environment(vendor_dirs: Sequence[Path] = ()) -> jinja2.Environment:
+    """An environment that looks in the vendor folders first, then the built-in templates."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([*map(str, vendor_dirs), str(BUILTIN_TEMPLATES)]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["shquote"] = shquote
+    return env
+
+
+def render_template(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
+    """Render one template by name, turning Jinja2 errors into a BuildError naming the file."""
+    try:
+        return env.get_template(name).render(context)
+    except jinja2.TemplateNotFound:
+        raise BuildError(f"template {name!r} not found in {_search_path(env)}") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise BuildError(f"{exc.filename}:{exc.lineno}: template syntax error: {exc.message}") from None
+    except jinja2.UndefinedError as exc:
+        raise BuildError(f"template {name!r}: {exc.message}") from None
+
+
+def template_sources(env: jinja2.Environment, names: Sequence[str]) -> dict[str, str]:
+    """The file each template name resolves to, for the manifest's origins."""
+    out: dict[str, str] = {}
+    for name in names:
+        try:
+            out[name] = env.get_template(name).filename or name
+        except jinja2.TemplateNotFound:
+            raise BuildError(f"template {name!r} not found in {_search_path(env)}") from None
+    return out
+
+
+def _search_path(env: jinja2.Environment) -> str:
+    loader = env.loader
+    paths = getattr(loader, "searchpath", [])
+    return ", ".join(paths) or "(no template folders)"

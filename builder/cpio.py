@@ -1,0 +1,155 @@
+"""Deterministic newc cpio archives of the file tree, compressed the way the kernel can unpack."""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import hashlib
+import lzma
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import zstandard
+
+from builder.errors import BuildError
+from builder.rootfs import Entry, Kind, Tree
+
+# The newc header (Documentation/driver-api/early-userspace/buffer-format.rst): the magic and
+# 13 fields of 8 hex digits: ino, mode, uid, gid, nlink, mtime, filesize, devmajor, devminor,
+# rdevmajor, rdevminor, namesize (with the NUL), check. Upper case, as gen_init_cpio writes it.
+_HEADER = b"070701" + b"%08X" * 13
+_TRAILER = b"TRAILER!!!"
+_FIELD_MAX = 0xFFFFFFFF
+_PATH_MAX = 4096  # the kernel's unpacker rejects longer names
+
+
+class Compression(enum.Enum):
+    """How the initramfs is compressed; each one the kernel can decompress at boot."""
+
+    NONE = "none"
+    GZIP = "gzip"
+    XZ = "xz"
+    ZSTD = "zstd"
+
+    @property
+    def default_level(self) -> int | None:
+        """The level used when a recipe names none (None: no levels)."""
+        return _LEVELS[self][0]
+
+    @property
+    def levels(self) -> range:
+        """The levels this compression accepts."""
+        return _LEVELS[self][1]
+
+
+# xz: presets 6 to 9 differ only in dictionary size, which is pinned to 1 MiB below, so they
+# give the same bytes. Preset 6 is ~9% smaller than 1 but ~4x slower; the build caches the
+# compressed archive by the digest of the uncompressed one, so only a changed tree pays for it
+# (recipes may set initramfs.compression_level). gzip and zstd follow the kernel's scripts/Makefile.lib
+# (gzip -n -9, zstd -19); zstd stops at 19 because 20+ widen the window the kernel allocates.
+_LEVELS: dict[Compression, tuple[int | None, range]] = {
+    Compression.NONE: (None, range(0)),
+    Compression.GZIP: (9, range(1, 10)),
+    Compression.XZ: (6, range(0, 10)),
+    Compression.ZSTD: (19, range(1, 20)),
+}
+
+
+def _pad(length: int) -> bytes:
+    return b"\0" * (-length % 4)
+
+
+def _header(ino: int, mode: int, nlink: int, mtime: int, size: int,
+            rdev: tuple[int, int], namesize: int) -> bytes:
+    return _HEADER % (ino, mode, 0, 0, nlink, mtime, size, 0, 0, rdev[0], rdev[1], namesize, 0)
+
+
+def _read(entry: Entry) -> bytes:
+    try:
+        return entry.content()
+    except OSError as exc:
+        raise BuildError(
+            f"cannot read {entry.source} for {entry.path} (from {entry.origin}): "
+            f"{exc.strerror or exc}"
+        ) from exc
+
+
+def _member(entry: Entry, ino: int, mtime: int) -> list[bytes]:
+    name = b"." if entry.path == "/" else entry.path[1:].encode()
+    if b"\0" in name or len(name) >= _PATH_MAX:
+        raise BuildError(f"cannot archive {entry.path!r}: names must be NUL-free and "
+                         f"shorter than {_PATH_MAX} bytes")
+    data = _read(entry)
+    if len(data) > _FIELD_MAX:
+        raise BuildError(f"cannot archive {entry.path}: newc holds files below 4 GiB")
+    rdev = entry.rdev if entry.kind in (Kind.CHAR, Kind.BLOCK) else (0, 0)
+    mode = entry.kind.value | (entry.mode & 0o7777)
+    nlink = 2 if entry.kind is Kind.DIR else 1
+    head = _header(ino, mode, nlink, mtime, len(data), rdev, len(name) + 1) + name + b"\0"
+    return [head, _pad(len(head)), data, _pad(len(data))]
+
+
+def render_cpio(tree: Tree, mtime: int) -> bytes:
+    """The tree as a newc archive: sorted, owned 0:0, every mtime ``mtime``, inodes numbered."""
+    if not 0 <= mtime <= _FIELD_MAX:
+        raise BuildError(f"SOURCE_DATE_EPOCH {mtime} does not fit the cpio's 32-bit mtime")
+    chunks: list[bytes] = []
+    for ino, entry in enumerate(tree.entries(), start=1):
+        chunks += _member(entry, ino, mtime)
+    trailer = _header(0, 0, 1, 0, 0, (0, 0), len(_TRAILER) + 1) + _TRAILER + b"\0"
+    chunks += [trailer, _pad(len(trailer))]
+    return b"".join(chunks)
+
+
+def _xz(data: bytes, level: int) -> bytes:
+    # The kernel's xz decoder verifies CRC32 but not CRC64, and allocates the dictionary at
+    # boot: the settings of its own scripts/Makefile.lib (xz --check=crc32 --lzma2=dict=1MiB).
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": level, "dict_size": 1 << 20}]
+    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=filters)
+
+
+def _gzip(data: bytes, level: int) -> bytes:
+    # mtime=0 and no file name keep the header free of build-time facts.
+    return gzip.compress(data, compresslevel=level, mtime=0)
+
+
+def _zstd(data: bytes, level: int) -> bytes:
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True,
+                                          write_content_size=True)
+    return compressor.compress(data)
+
+
+_COMPRESSORS: dict[Compression, Callable[[bytes, int], bytes]] = {
+    Compression.GZIP: _gzip,
+    Compression.XZ: _xz,
+    Compression.ZSTD: _zstd,
+}
+
+
+def compress(data: bytes, compression: Compression, level: int | None = None) -> bytes:
+    """``data`` compressed reproducibly; ``level`` defaults to ``compression.default_level``."""
+    if compression is Compression.NONE:
+        return data
+    level = compression.default_level if level is None else level
+    if level is None or level not in compression.levels:
+        levels = compression.levels
+        raise BuildError(f"{compression.value} level {level} is out of range: expected "
+                         f"{levels.start} to {levels.stop - 1}")
+    return _COMPRESSORS[compression](data, level)
+
+
+def make_initramfs(tree: Tree, path: Path, mtime: int, compression: Compression) -> str:
+    """Write the tree's compressed archive to ``path`` atomically; return its sha256."""
+    blob = compress(render_cpio(tree, mtime), compression)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(blob)
+            os.fchmod(out.fileno(), 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(blob).hexdigest()

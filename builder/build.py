@@ -20,8 +20,10 @@ from builder.initramfs import Context, make_tree
 from builder.lock import Lock
 from builder.recipe import Recipe
 from builder.render import BUILTIN_TEMPLATES
+from builder.result import BuildResult
 from builder.rootfs import Kind, Tree
 from builder.sources import Resolution, Resolver, find_apt_sources
+from builder.stamp import outputs_present, read_stamp, snapshot, stamp_path, unchanged
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,6 @@ MANIFEST = "manifest.json"
 KERNEL = "vmlinuz"
 INITRAMFS = "initrd.img"
 MANIFEST_FORMAT = "onie-builder-manifest/1"
-# Input digests of the last build per platform: kept beside, not inside, the reproducible output.
-STAMPS = ".stamps"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 Step = Callable[[str], None]
@@ -43,19 +43,9 @@ class BuildOptions:
     out_dir: Path
     source_date_epoch: int
     lock: Lock | None = None
+    lock_path: Path | None = None
     mirror: str | None = None
     force: bool = False
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    """What a platform build produced."""
-
-    platform: str
-    out: Path
-    outputs: dict[str, dict[str, Any]]
-    skipped: bool
-    seconds: float
 
 
 def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptions,
@@ -67,9 +57,10 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
     step(f"{platform}: resolving components")
     resolver = Resolver(recipe, cache, find_apt_sources(recipe, options.mirror), options.lock)
     resolution = resolver.resolve()
-    inputs = fingerprint(recipe, resolution, options)
-    stamp = options.out_dir / STAMPS / f"{platform}.json"
-    if not options.force and (previous := read_up_to_date(final, stamp, inputs)) is not None:
+    files = snapshot(input_paths(recipe, recipe_files, options))  # before reading: edits rebuild
+    digest = resolution_digest(resolution)
+    stamp = stamp_path(options.out_dir, recipe_files[-1])
+    if (previous := find_previous(stamp, options, digest)) is not None:
         step(f"{platform}: up to date")
         return BuildResult(platform, final, previous["outputs"], True, time.monotonic() - start)
     step(f"{platform}: assembling the initramfs tree")
@@ -82,7 +73,10 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
         outputs[MANIFEST] = {"sha256": hashlib.sha256(manifest.encode()).hexdigest(),
                              "size": len(manifest.encode())}
         publish(staging, final)
-        write_atomic(stamp, json.dumps({"inputs": inputs, "outputs": outputs}).encode())
+        record = {"platform": platform, "epoch": options.source_date_epoch,
+                  "lock": str(options.lock_path.resolve()) if options.lock_path else None,
+                  "resolution": digest, "files": files, "outputs": outputs}
+        write_atomic(stamp, json.dumps(record, sort_keys=True).encode())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     step(f"{platform}: wrote {final}")
@@ -106,18 +100,20 @@ def write_outputs(staging: Path, recipe: Recipe, resolution: Resolution, tree: T
     step(f"{recipe.platform_string}: writing the initramfs ({len(tree)} entries, "
          f"{compression.value})")
     archive = render_cpio(tree, options.source_date_epoch)
-    (staging / INITRAMFS).write_bytes(compressed(archive, compression, cache))
+    level = recipe.initramfs.compression_level
+    (staging / INITRAMFS).write_bytes(compressed(archive, compression, level, cache))
     return {name: {"sha256": sha256_file(staging / name), "size": (staging / name).stat().st_size}
             for name in (KERNEL, INITRAMFS)}
 
 
-def compressed(archive: bytes, compression: Compression, cache: Cache) -> bytes:
+def compressed(archive: bytes, compression: Compression, level: int | None,
+               cache: Cache) -> bytes:
     """Compress through the cache: the same archive is compressed once (warm builds stay fast)."""
     digest = hashlib.sha256(archive).hexdigest()
-    key = cache.root / "derived" / f"{digest}.{compression.value}"
+    key = cache.root / "derived" / f"{digest}.{compression.value}{level if level is not None else ''}"
     if key.is_file():
         return key.read_bytes()
-    data = compress(archive, compression)
+    data = compress(archive, compression, level)
     write_atomic(key, data)
     return data
 
@@ -140,36 +136,33 @@ def kernel_cmdline(recipe: Recipe) -> str:
                                 recipe.kernel.cmdline) if x)
 
 
-def fingerprint(recipe: Recipe, resolution: Resolution, options: BuildOptions) -> str:
-    """A digest of every input: a matching one means the output need not be rebuilt."""
+def input_paths(recipe: Recipe, recipe_files: list[Path], options: BuildOptions) -> list[Path]:
+    """Every file and folder a build reads besides content-addressed downloads."""
+    local = [c.path for c in (recipe.kernel, *recipe.initramfs.components) if c.path is not None]
+    paths = [*recipe_files, PACKAGE_DIR, BUILTIN_TEMPLATES, *recipe.templates,
+             *recipe.initramfs.overlays, *local]
+    return paths + ([options.lock_path] if options.lock_path else [])
+
+
+def resolution_digest(resolution: Resolution) -> str:
+    """A digest of what the recipe resolved to: each package pin and pinned file."""
     h = hashlib.sha256()
-    h.update(recipe.model_dump_json().encode())
-    h.update(f"{__version__} {options.source_date_epoch}".encode())
     for pin in resolution.pins:
         h.update(f"{pin.name} {pin.version} {pin.sha256}\n".encode())
     for item in resolution.components:
         h.update(f"{item.key} {item.sha256}\n".encode())
-    folders = [PACKAGE_DIR, BUILTIN_TEMPLATES, *recipe.templates, *recipe.initramfs.overlays]
-    for folder in folders:
-        for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
-            if path.is_file() and "__pycache__" not in path.parts:
-                st = path.stat()
-                h.update(f"{path} {st.st_size} {st.st_mtime_ns} {st.st_mode}\n".encode())
     return h.hexdigest()
 
 
-def read_up_to_date(final: Path, stamp: Path, inputs: str) -> dict[str, Any] | None:
-    """The last build's record if it had the same inputs and its outputs are still there."""
-    try:
-        record: dict[str, Any] = json.loads(stamp.read_text())
-    except (OSError, ValueError):
+def find_previous(stamp: Path, options: BuildOptions, digest: str) -> dict[str, Any] | None:
+    """The last build's record when its inputs, resolution and outputs are all unchanged."""
+    record = read_stamp(stamp)
+    if (options.force or record is None or record.get("resolution") != digest
+            or record.get("epoch") != options.source_date_epoch):
         return None
-    if record.get("inputs") != inputs:
+    final = options.out_dir / record.get("platform", "")
+    if not unchanged(record.get("files", {})) or not outputs_present(final, record["outputs"]):
         return None
-    for name, info in record.get("outputs", {}).items():
-        path = final / name
-        if not path.is_file() or path.stat().st_size != info.get("size"):
-            return None
     return record
 
 

@@ -14,6 +14,7 @@ import click
 
 from builder import __version__
 from builder.errors import BuildError, RecipeError
+from builder.result import BuildResult
 
 log = logging.getLogger("builder")
 
@@ -227,22 +228,40 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
     output stays intact until a build succeeds. Times come from SOURCE_DATE_EPOCH (or the
     last git commit), so two builds give identical bytes.
     """
-    from builder.build import BuildOptions, build_platform
-    from builder.lock import DEFAULT_LOCK, read_lock
-    from builder.recipe import load_recipe
+    from builder.stamp import find_fresh
 
     paths = [find_recipe_file(n) for n in (names or (DEFAULT_RECIPE,))]
+    default_lock = Path("onie-builder.lock")
+    if lock_path is None and not no_lock and default_lock.is_file():
+        lock_path = default_lock
+    if no_lock:
+        lock_path = None
+    epochs = [source_date_epoch(p) for p in paths]
+    # Fast path: a locked build whose recorded inputs are all unchanged needs no imports.
+    fresh = [None if force else find_fresh(out_dir, p, e, lock_path)
+             for p, e in zip(paths, epochs, strict=True)]
+    if all(fresh):
+        report([BuildResult(r["platform"], out_dir / r["platform"], r["outputs"], True, 0.0)
+                for r in fresh if r], as_json)
+        return
+    from builder.build import BuildOptions, build_platform
+    from builder.lock import read_lock
+    from builder.recipe import load_recipe
+
     loaded = [load_recipe(p) for p in paths]  # every recipe is validated before anything is built
-    if lock_path is None and not no_lock and DEFAULT_LOCK.is_file():
-        lock_path = DEFAULT_LOCK
-    the_lock = read_lock(lock_path) if lock_path is not None and not no_lock else None
+    the_lock = read_lock(lock_path) if lock_path is not None else None
     cache = make_cache(ctx, offline=offline)
     results = []
-    for path, (recipe, merged) in zip(paths, loaded, strict=True):
-        options = BuildOptions(out_dir=out_dir, source_date_epoch=source_date_epoch(path),
-                               lock=the_lock, mirror=mirror, force=force)
+    for epoch, (recipe, merged) in zip(epochs, loaded, strict=True):
+        options = BuildOptions(out_dir=out_dir, source_date_epoch=epoch, lock=the_lock,
+                               lock_path=lock_path, mirror=mirror, force=force)
         results.append(build_platform(recipe, merged.files, options, cache,
                                       step=lambda msg: log.info("==> %s", msg)))
+    report(results, as_json)
+
+
+def report(results: list[BuildResult], as_json: bool) -> None:
+    """Print one line per platform, or the JSON summary."""
     if as_json:
         click.echo(json.dumps([{"platform": r.platform, "out": str(r.out), "skipped": r.skipped,
                                 "seconds": round(r.seconds, 3), "outputs": r.outputs}

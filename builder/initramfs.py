@@ -1,4 +1,4 @@
-"""Assemble the initramfs file tree from a resolved recipe: skeleton, components, modules, templates, overlays."""
+"""Assemble the initramfs tree: skeleton, components, kernel modules, templates and overlays."""
 
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ def load_merged(path: Path) -> Merged:
             raise RecipeError(problems)
         merged.files.append(doc.path)
     merged.data.pop("extends", None)
+    merged.origins[()] = chain[-1].locations[()]
     return merged
 
 

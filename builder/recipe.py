@@ -12,7 +12,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from builder.cpio import Compression
 from builder.document import KeyPath, Location, format_path
@@ -153,23 +161,16 @@ def _in_tree(v: str) -> str:
     return v
 
 
+InTreePath = Annotated[str, AfterValidator(_in_tree)]
+
+
 class Component(Source):
     """Files for the initramfs: ELF ``binaries`` (with their libraries) or plain ``files``."""
 
-    binaries: list[str] = []
-    files: list[str] = []
-    dest: str | None = None
+    binaries: list[InTreePath] = []
+    files: list[InTreePath] = []
+    dest: InTreePath | None = None
     mode: Annotated[int, Field(ge=0, le=0o7777)] = 0o644
-
-    @field_validator("binaries", "files")
-    @classmethod
-    def _paths(cls, v: list[str]) -> list[str]:
-        return [_in_tree(p) for p in v]
-
-    @field_validator("dest")
-    @classmethod
-    def _dest(cls, v: str | None) -> str | None:
-        return None if v is None else _in_tree(v)
 
     @model_validator(mode="after")
     def _what_to_install(self) -> Self:
@@ -190,7 +191,17 @@ class Kernel(Source):
 class Initramfs(Model):
     """What goes into the initramfs besides the kernel modules and rendered templates."""
 
+    @model_validator(mode="after")
+    def _level(self) -> Self:
+        levels = self.compression.levels
+        if self.compression_level is not None and self.compression_level not in levels:
+            span = f"{levels.start} to {levels.stop - 1}" if levels else "no level"
+            raise ValueError(f"compression_level: {self.compression.value} takes {span}, "
+                             f"got {self.compression_level}")
+        return self
+
     compression: Compression = Compression.XZ
+    compression_level: int | None = None
     components: list[Component] = []
     overlays: list[Path] = []
 

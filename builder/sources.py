@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.apt import Archive, AptSource, DebPackage, find_host_sources, parse_mirror_option
+from builder.apt import AptSource, Archive, DebPackage, find_host_sources, parse_mirror_option
 from builder.cache import Cache
 from builder.deb import unpack_deb
 from builder.errors import BuildError

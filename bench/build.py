@@ -1,0 +1,74 @@
+"""Build benchmark for the default recipe: cold, warm, no-op, and the initramfs size.
+
+Usage: .venv/bin/python bench/build.py [--recipe qemu_x86_64] [--runs 3]
+
+Each case runs the real CLI in a subprocess (imports included, as users pay them), from a
+throw-away work folder with its own lock file. Definitions:
+- cold: empty cache (indexes, packages, unpacked trees all downloaded/unpacked);
+- warm: packages and unpacked trees cached, output folder empty, compressed-archive cache
+  emptied, so the initramfs is assembled and compressed;
+- warm, archive cached: as warm but the compressed archive is reused by content digest;
+- no-op: the same build again with nothing changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(work: Path, cache: Path, *args: str) -> float:
+    env = {**os.environ, "ONIE_BUILDER_CACHE": str(cache), "SOURCE_DATE_EPOCH": "1700000000"}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "builder", "-q", *args], cwd=work, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="qemu_x86_64")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ob-bench-") as tmp:
+        work, cache = Path(tmp) / "work", Path(tmp) / "cache"
+        shutil.copytree(ROOT / "recipes", work / "recipes")
+        rows: list[tuple[str, list[float]]] = []
+        cold = cli(work, cache, "lock", args.recipe)
+        cold += cli(work, cache, "build", args.recipe)
+        rows.append(("cold (lock + build, empty cache)", [cold]))
+        warm, derived, noop = [], [], []
+        for _ in range(args.runs):
+            shutil.rmtree(work / "out")
+            shutil.rmtree(cache / "derived", ignore_errors=True)
+            warm.append(cli(work, cache, "build", args.recipe))
+            shutil.rmtree(work / "out")
+            derived.append(cli(work, cache, "build", args.recipe))
+            noop.append(cli(work, cache, "build", args.recipe))
+        rows += [("warm (assemble + compress)", warm), ("warm, archive cached", derived),
+                 ("no-op rebuild", noop)]
+        (image,) = (work / "out").glob("*-r*")
+        manifest = json.loads((image / "manifest.json").read_text())
+    print(f"recipe {args.recipe}, {os.cpu_count()} CPUs, median of {args.runs} runs\n")
+    print(f"| {'case':<34} | {'seconds':>8} |")
+    print(f"|{'-' * 36}|{'-' * 10}|")
+    for name, values in rows:
+        print(f"| {name:<34} | {statistics.median(values):8.2f} |")
+    size = manifest["outputs"]["initrd.img"]["size"]
+    files = len(manifest["initramfs"]["files"])
+    print(f"\ninitramfs: {size:,} bytes ({size / 1e6:.2f} MB, {files} entries, "
+          f"{manifest['initramfs']['compression']})")
+
+
+if __name__ == "__main__":
+    main()

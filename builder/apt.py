@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import difflib
 import gzip
 import hashlib
@@ -11,19 +10,19 @@ import logging
 import lzma
 import posixpath
 import re
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from debian.deb822 import Deb822, Release
+from debian.deb822 import Release
 from debian.debian_support import Version
 
 from builder.cache import Cache, write_atomic
 from builder.errors import BuildError
-from builder.process import find_tool, run
+from builder.keyring import keyrings, verify_release
+from builder.mirror import AptSource
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,6 @@ ARCHES = {
     "riscv64": "riscv64",
 }
 
-DEFAULT_KEYRINGS = (Path("/usr/share/keyrings/debian-archive-keyring.gpg"),)
-TRUSTED_KEYRINGS = Path("/etc/apt/trusted.gpg.d")
 INDEX_MAX_AGE = 24 * 3600
 INDEX_FORMAT = 1
 
@@ -52,18 +49,7 @@ FIELD_KEYS = tuple(f.encode() for f in FIELDS)
 REQUIRED = (b"Package", b"Version", b"Filename", b"SHA256", b"Size")
 # Package is the first field of every stanza dak writes; continuation lines start with a space.
 FIELD_LINE = re.compile(rb"^(" + b"|".join(FIELD_KEYS) + rb"):([^\n]*)", re.M)
-LIST_LINE = re.compile(r"(deb|deb-src)\s+(?:\[([^\]]*)\]\s*)?(\S+)\s+(\S+)\s*(.*)")
 DEP_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9+.-]*)")
-
-
-@dataclass(frozen=True)
-class AptSource:
-    """One 'deb' line or deb822 stanza URI: where packages come from and who signs them."""
-
-    uri: str
-    suites: tuple[str, ...]
-    components: tuple[str, ...]
-    keyring: Path | None
 
 
 @dataclass(frozen=True)
@@ -92,94 +78,6 @@ def debian_arch(arch: str) -> str:
             f"unknown architecture '{arch}'; expected one of: {', '.join(sorted(ARCHES))}"
         )
     return ARCHES[arch]
-
-
-def find_host_sources(root: Path = Path("/")) -> list[AptSource]:
-    """The 'deb' entries of the apt configuration under ``root``, in the order apt reads them."""
-    etc = root / "etc/apt"
-    files = [etc / "sources.list"] if (etc / "sources.list").is_file() else []
-    parts = etc / "sources.list.d"
-    if parts.is_dir():
-        files += sorted(p for p in parts.iterdir()
-                        if p.suffix in (".list", ".sources") and p.is_file())
-    sources: list[AptSource] = []
-    for path in files:
-        text = path.read_text(errors="replace")
-        parse = _parse_deb822 if path.suffix == ".sources" else _parse_one_line
-        sources += [s for s in parse(text, root, path) if _fetchable(s, path)]
-    return sources
-
-
-def parse_mirror_option(text: str) -> list[AptSource]:
-    """Parse ``URI SUITE[,SUITE] [COMPONENT,...]``; several mirrors may be joined with ';'."""
-    sources = []
-    for entry in text.split(";"):
-        words = entry.split()
-        if len(words) not in (2, 3):
-            raise BuildError(
-                f"mirror: expected 'URI SUITE[,SUITE] [COMPONENT,...]', got {entry.strip()!r}"
-            )
-        uri = words[0].rstrip("/")
-        if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", uri):
-            raise BuildError(f"mirror: expected an http:// or https:// URI, got {words[0]!r}")
-        suites = tuple(s for s in words[1].split(",") if s)
-        components = tuple(c for c in words[2].split(",") if c) if len(words) == 3 else ("main",)
-        if not suites or not components:
-            raise BuildError(f"mirror: empty suite or component in {entry.strip()!r}")
-        sources.append(AptSource(uri, suites, components, None))
-    return sources
-
-
-def _parse_one_line(text: str, root: Path, path: Path) -> list[AptSource]:
-    sources = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        match = LIST_LINE.fullmatch(line)
-        if match is None:
-            log.warning("%s:%d: ignoring unparsable apt source %r", path, lineno, line)
-            continue
-        kind, options, uri, suite, components = match.groups()
-        if kind != "deb":
-            continue
-        opts = dict(o.split("=", 1) for o in (options or "").split() if "=" in o)
-        keyring = _keyring(opts.get("signed-by"), root)
-        sources.append(AptSource(uri.rstrip("/"), (suite,), tuple(components.split()), keyring))
-    return sources
-
-
-def _parse_deb822(text: str, root: Path, path: Path) -> list[AptSource]:
-    sources = []
-    for stanza in Deb822.iter_paragraphs(text.splitlines()):
-        if "deb" not in stanza.get("Types", "").split():
-            continue
-        if stanza.get("Enabled", "yes").strip().lower() in ("no", "false", "off", "0"):
-            continue
-        suites = tuple(stanza.get("Suites", "").split())
-        components = tuple(stanza.get("Components", "").split())
-        keyring = _keyring(stanza.get("Signed-By"), root)
-        for uri in stanza.get("URIs", "").split():
-            sources.append(AptSource(uri.rstrip("/"), suites, components, keyring))
-    return sources
-
-
-def _keyring(value: str | None, root: Path) -> Path | None:
-    """The keyring file a Signed-By names; fingerprints and inline keys give None."""
-    for word in (value or "").replace(",", " ").split():
-        if word.startswith("/") and (root / word.lstrip("/")).is_file():
-            return root / word.lstrip("/")
-    return None
-
-
-def _fetchable(source: AptSource, path: Path) -> bool:
-    if not source.uri.startswith(("http://", "https://")):
-        log.warning("%s: skipping %s: only http and https mirrors are supported", path, source.uri)
-        return False
-    if any(suite.endswith("/") for suite in source.suites):
-        log.warning("%s: skipping %s: flat repositories are not supported", path, source.uri)
-        return False
-    return bool(source.suites)
 
 
 class _Index:
@@ -474,63 +372,3 @@ def _decompress(data: bytes) -> bytes:
     if data.startswith(b"\x1f\x8b"):
         return gzip.decompress(data)
     return data
-
-
-def keyrings(signed_by: Path | None) -> list[Path]:
-    """The keyrings that may sign an index: Signed-By alone, else Debian's and apt's trusted."""
-    if signed_by is not None:
-        return [signed_by]
-    found = [p for p in DEFAULT_KEYRINGS if p.is_file()]
-    if TRUSTED_KEYRINGS.is_dir():
-        found += sorted(p for p in TRUSTED_KEYRINGS.iterdir() if p.suffix in (".gpg", ".asc"))
-    return found
-
-
-def verify_release(path: Path, rings: list[Path], url: str, hint: str) -> str:
-    """The signed text of an InRelease file; gpgv must report a good signature and no bad one."""
-    if not rings:
-        raise BuildError(f"no OpenPGP keyring to verify {url} with",
-                         hint="install the debian-archive-keyring package")
-    gpgv = find_tool("gpgv", "to verify the signatures of Debian archive indexes")
-    with tempfile.TemporaryDirectory(prefix="onie-gpgv-") as tmp:
-        args = [arg for ring in rings for arg in ("--keyring", _binary_keyring(ring, Path(tmp)))]
-        out = Path(tmp) / "Release"
-        proc = run([gpgv, "--homedir", tmp, "--status-fd", "1", "--output", out, *args, path],
-                   check=False)
-        status = [line.split()[1] for line in proc.stdout.decode(errors="replace").splitlines()
-                  if line.startswith("[GNUPG:] ") and len(line.split()) > 1]
-        if "GOODSIG" in status and "BADSIG" not in status and out.is_file():
-            return out.read_text(errors="replace")
-    if "BADSIG" in status:
-        reason = "has a BAD OpenPGP signature"
-    elif "NO_PUBKEY" in status:
-        reason = f"is signed by no key in {', '.join(map(str, rings))}"
-    else:
-        reason = "has no valid OpenPGP signature"
-    raise BuildError(f"{url}: {reason}", hint=hint)
-
-
-def _binary_keyring(ring: Path, tmp: Path) -> Path:
-    """gpgv reads only binary keyrings, so an armored ``.asc`` one is decoded into ``tmp``."""
-    data = ring.read_bytes()
-    if not data.lstrip().startswith(b"-----BEGIN PGP"):
-        return ring
-    out = tmp / f"{hashlib.sha256(str(ring).encode()).hexdigest()[:16]}.gpg"
-    out.write_bytes(_dearmor(data.decode(errors="replace")))
-    return out
-
-
-def _dearmor(text: str) -> bytes:
-    """The packets of every ASCII-armored block in ``text`` (RFC 4880 section 6.2)."""
-    packets = b""
-    lines: list[str] | None = None
-    for line in map(str.strip, text.splitlines()):
-        if line.startswith("-----BEGIN PGP"):
-            lines = []
-        elif line.startswith("-----END PGP") and lines is not None:
-            packets += base64.b64decode("".join(lines))
-            lines = None
-        # Armor headers hold ':' and the CRC line starts with '='; base64 lines have neither.
-        elif lines is not None and line and ":" not in line and not line.startswith("="):
-            lines.append(line)
-    return packets

@@ -12,11 +12,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.apt import AptSource, Archive, DebPackage, find_host_sources, parse_mirror_option
+from builder.apt import Archive, DebPackage
 from builder.cache import Cache
 from builder.deb import unpack_deb
 from builder.errors import BuildError
 from builder.lock import Lock, Pin, PlatformLock
+from builder.mirror import AptSource, find_host_sources, parse_mirror_option
 from builder.recipe import Component, Recipe, Source
 
 log = logging.getLogger(__name__)

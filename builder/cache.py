@@ -51,9 +51,12 @@ def write_atomic(path: Path, data: bytes) -> None:
 class Cache:
     """Blobs stored by sha256 under ``root/blobs``; downloads are verified before they are kept."""
 
-    def __init__(self, root: Path | None = None, offline: bool = False) -> None:
+    def __init__(self, root: Path | None = None, offline: bool = False,
+                 on_download: Callable[[str, int | None], Callable[[int], None]] | None = None,
+                 ) -> None:
         self.root = root or default_cache_root()
         self.offline = offline
+        self.on_download = on_download
         self._session: requests.Session | None = None
 
     def blob_path(self, sha256: str) -> Path:
@@ -116,6 +119,9 @@ class Cache:
             with os.fdopen(fd, "wb") as out, self.session().get(url, stream=True, timeout=60) as r:
                 if r.status_code != 200:
                     raise BuildError(f"downloading {url} failed: HTTP {r.status_code}")
+                if progress is None and self.on_download is not None:
+                    length = r.headers.get("Content-Length")
+                    progress = self.on_download(url, int(length) if length else None)
                 for chunk in r.iter_content(CHUNK):
                     out.write(chunk)
                     digest.update(chunk)

@@ -115,8 +115,9 @@ def main(ctx: click.Context, debug: bool, quiet: bool, cache_dir: Path | None) -
 def make_cache(ctx: click.Context, offline: bool = False) -> Any:
     """The cache for this invocation."""
     from builder.cache import Cache
+    from builder.progress import DownloadProgress
 
-    return Cache(ctx.obj["cache_dir"], offline=offline)
+    return Cache(ctx.obj["cache_dir"], offline=offline, on_download=DownloadProgress().start)
 
 
 @main.group()

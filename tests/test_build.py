@@ -150,3 +150,20 @@ def test_bad_recipe_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     assert "platform.vendor: expected lower-case letters" in proc.stderr
     assert "platform.machine: required key missing" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_vendor_template_overrides_builtin(tmp_path: Path, cache_env: dict[str, str]) -> None:
+    vendor = tmp_path / "acme-templates"
+    vendor.mkdir()
+    (vendor / "profile.j2").write_text("# acme {{ platform.machine | shquote }}\n")
+    recipe = tmp_path / "acme.yaml"
+    recipe.write_text(f"extends: {ROOT}/recipes/platforms/qemu_x86_64.yaml\n"
+                      "templates: [acme-templates]\n")
+    run_cli("build", str(recipe), "--out", str(tmp_path / "out"), "--no-lock", env=cache_env)
+    image = tmp_path / "out" / "x86_64-qemu_x86_64-r0"
+    root = unpack_initramfs(image, tmp_path / "root")
+    assert (root / "etc/profile").read_text() == "# acme qemu_x86_64\n"
+    files = {f["path"]: f for f in manifest(image)["initramfs"]["files"]}
+    assert files["/etc/profile"]["origin"] == "template:acme-templates/profile.j2"
+    assert files["/init"]["origin"] == "template:init.j2"
+    assert str(tmp_path) not in (image / "manifest.json").read_text()

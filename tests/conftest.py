@@ -34,7 +34,8 @@ def debian_cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
 @pytest.fixture(scope="session")
 def debian_archive(debian_cache: Cache) -> Callable[[str], Archive]:
     """A function giving the host's Debian archive for one architecture (one per arch)."""
-    from builder.apt import Archive, find_host_sources
+    from builder.apt import Archive
+    from builder.mirror import find_host_sources
 
     archives: dict[str, Archive] = {}
 

@@ -55,5 +55,5 @@ def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_missing_template(tmp_path: Path) -> None:
-    with pytest.raises(BuildError, match="template 'nope.j2' not found in "):
+    with pytest.raises(BuildError, match=r"template 'nope\.j2' not found in "):
         render_template(make_environment([tmp_path]), "nope.j2", {})

@@ -1,0 +1,140 @@
+"""Factory provisioning end to end: the image leases its address from the dnsmasq
+configuration `dhcp-config` generated, gets its own installer from `serve`, runs it, and
+its final status shows on the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from builder.cpio import Compression, compress, render_cpio
+from builder.lab import NetNamespace
+from builder.netlab import wait_for_text
+from builder.process import run
+from builder.qemu import Console, machine_for, qemu_command
+from builder.rootfs import Tree
+from tests.conftest import ROOT, require_qemu, require_root_netns, run_cli
+from tests.serving import TOKEN, require_daemon
+
+pytestmark = [pytest.mark.lab, pytest.mark.network]
+
+SERIAL = "SN-LAB-0001"
+MAC = "52:54:00:12:34:56"  # QEMU's default address for the first NIC
+NET = f"10.200.{160 + os.getpid() % 40}"
+SERVE = "import sys; sys.path.insert(0, sys.argv.pop(1)); from builder.cli import main; main()"
+FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+
+
+def installer(label: str, size: int) -> bytes:
+    """An ONIE-style installer script padded with comment lines to ``size`` bytes."""
+    script = (f'#!/bin/sh\necho "{label} INSTALLER RAN for $onie_serial_num from $onie_exec_url"\n'
+              'echo "NOS installed"\nexit 0\n').encode()
+    filler = b"".join(f"# padding line {n:06d}\n".encode() for n in range(size // 22 + 1))
+    return (script + filler)[:size]
+
+
+def site_file(folder: Path) -> Path:
+    (folder / "installers").mkdir(parents=True)
+    (folder / "installers" / "generic.sh").write_bytes(installer("GENERIC", 60_000))
+    (folder / "installers" / "special.sh").write_bytes(installer("FACTORY", 300_000))
+    (folder / "token").write_text(TOKEN + "\n")
+    path = folder / "site.yaml"
+    path.write_text(f"""\
+name: lab-factory
+server:
+  address: {NET}.1
+  listen: [{NET}.1]
+  http_port: 8080
+status:
+  token_file: token
+  log_tail: 4096
+subnets:
+  - network: {NET}.0/24
+    pool: [{NET}.50, {NET}.60]
+    router: {NET}.1
+    interface: tap0
+    lease_time: 600
+platforms:
+  - platform: x86_64-qemu_x86_64-r0
+    installer: installers/generic.sh
+devices:
+  - mac: "{MAC}"
+    serial: {SERIAL}
+    name: lab-sw1
+    installer: installers/special.sh
+""")
+    return path
+
+
+def with_token(image: Path, dest: Path) -> Path:
+    """The image's initramfs plus a second archive holding the status token (the kernel
+    unpacks concatenated archives in order), as a factory overlay would put it."""
+    tree = Tree()
+    tree.add_dir("/etc/onie", origin="test")
+    tree.add_file("/etc/onie/status.token", data=(TOKEN + "\n").encode(), origin="test", mode=0o600)
+    dest.write_bytes((image / "initrd.img").read_bytes()
+                     + compress(render_cpio(tree, 0), Compression.GZIP))
+    return dest
+
+
+def test_factory_install_reports_its_status(built: Callable[[str], Path], tmp_path: Path) -> None:
+    require_root_netns()
+    dnsmasq = require_daemon("dnsmasq")
+    image = built("tests/recipes/lab_x86_64.yaml")
+    manifest = json.loads((image / "manifest.json").read_text())
+    require_qemu(manifest["arch"])
+    site = site_file(tmp_path / "site")
+    conf = tmp_path / "dnsmasq.conf"
+    run_cli("dhcp-config", "qemu_x86_64", "--site", str(site), "--format", "dnsmasq", "-o", str(conf))
+    initrd = with_token(image, tmp_path / "initrd.img")
+    events = tmp_path / "events.jsonl"
+
+    with NetNamespace.create("obfac") as ns:
+        ns.add_tap("tap0", f"{NET}.1/24")
+        dhcp = ns.spawn([dnsmasq, "--no-daemon", f"--conf-file={conf}", "--port=0", "--log-dhcp",
+                         f"--dhcp-leasefile={tmp_path / 'leases'}", "--user=root", "--group=root",
+                         f"--pid-file={tmp_path / 'dnsmasq.pid'}"], tmp_path / "dnsmasq.log")
+        wait_for_text(tmp_path / "dnsmasq.log", r"DHCP, IP range", 10, dhcp, "dnsmasq")
+        server = ns.spawn([sys.executable, "-c", SERVE, str(ROOT), "serve", "--site", str(site),
+                           "--out", str(image.parent), "--record", str(events)], tmp_path / "serve.log")
+        wait_for_text(tmp_path / "serve.log", r"^serving ", 30, server, "serve")
+
+        argv = qemu_command(machine_for(manifest["arch"]), image / "vmlinuz", initrd,
+                            manifest["kernel"]["cmdline"], tap="tap0",
+                            extra=["-smbios", f"type=1,serial={SERIAL}"])
+        with Console.start(argv, tmp_path / "console.log", netns=ns.name) as console:
+            console.expect(r"FACTORY INSTALLER RAN for (\S+) from (\S+)", timeout=240)
+            done = console.expect(r"onie-discovery: done (\S+) then poweroff", timeout=60)
+            assert done.group(1) == f"http://{NET}.1:8080/onie-installer-x86_64-qemu_x86_64-r0"
+            console.expect(r"reboot: Power down", timeout=60)
+        status = json.loads(run(ns.exec_argv([sys.executable, "-c", FETCH,
+                                              f"http://{NET}.1:8080/status.json"])).stdout)
+
+    # The address came from the generated configuration: its pool, its vendor class match.
+    # (The lease itself is gone: discovery releases it before powering off.)
+    log = (tmp_path / "dnsmasq.log").read_text()
+    ack = re.search(rf"DHCPACK\(tap0\) {re.escape(NET)}\.(\d+) {MAC}", log)
+    assert ack is not None and 50 <= int(ack.group(1)) <= 60
+    assert "vendor class: onie_vendor:x86_64-qemu_x86_64-r0" in log
+    assert f"DHCPRELEASE(tap0) {NET}.{ack.group(1)} {MAC}" in log
+
+    # The server chose this device's installer and saw it through to the end.
+    [device] = [d for d in status["devices"] if d["key"] == SERIAL]
+    assert device["name"] == "lab-sw1" and device["mac"] == MAC
+    assert device["platform"] == "x86_64-qemu_x86_64-r0"
+    assert device["installer"] == "special.sh" and device["size"] == 300_000
+    assert device["downloads"] == 1 and device["bytes_sent"] >= 300_000
+    assert device["state"] == "done" and device["result"] == "ok"
+    sources = [(p["phase"], p["result"], p["source"]) for p in device["phases"]]
+    assert sources[:2] == [("download", "running", "server"), ("downloaded", "ok", "server")]
+    assert ("install", "running", "device") in sources and sources[-1] == ("done", "ok", "device")
+    assert "FACTORY INSTALLER RAN for SN-LAB-0001" in device["log"]
+    assert "NOS installed" in device["log"]
+    recorded = [json.loads(line) for line in events.read_text().splitlines()]
+    assert recorded[-1]["device"] == SERIAL and recorded[-1]["phase"] == "done"

@@ -1,0 +1,405 @@
+"""The provisioning server: per-device installers, Range, status reports, HTTPS, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from builder.status import sign
+from tests.conftest import ROOT, run_cli
+from tests.serving import (
+    TOKEN,
+    Running,
+    installer_bytes,
+    make_ca,
+    make_server_cert,
+    running,
+    write_site,
+)
+
+QEMU = {"ONIE-ARCH": "x86_64", "ONIE-MACHINE": "qemu_x86_64", "ONIE-MACHINE-REV": "0",
+        "ONIE-VENDOR-ID": "42623", "ONIE-OPERATION": "os-install", "ONIE-VERSION": "2026.11"}
+ARM = {"ONIE-ARCH": "arm64", "ONIE-MACHINE": "qemu_arm64", "ONIE-MACHINE-REV": "0"}
+SIZE = 100_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    folder = tmp_path_factory.mktemp("site")
+    out = folder / "out"
+    (out / "x86_64-qemu_x86_64-r0").mkdir(parents=True)
+    (out / "x86_64-qemu_x86_64-r0" / "vmlinuz").write_bytes(b"kernel" * 100)
+    (out / "onie-installer-x86_64-static").write_bytes(b"static tree file")
+    with running(write_site(folder, installer_size=SIZE), out) as handle:
+        yield handle
+
+
+def get(server: Running, path: str, headers: dict[str, str] | None = None) -> requests.Response:
+    return requests.get(server.url(path), headers=headers or {}, timeout=10)
+
+
+def label(response: requests.Response) -> str:
+    """Which installer was served: the label its content starts with."""
+    return response.content.split(b":", 1)[0].decode() if response.status_code == 200 else "404"
+
+
+WATERFALL = [
+    # (path, headers, expected installer or 404)
+    ("onie-installer-x86_64-qemu_x86_64-r0", {**QEMU, "ONIE-SERIAL-NUMBER": "SN-SPECIAL"}, "special"),
+    ("onie-installer-x86_64-qemu_x86_64-r0", {**QEMU, "ONIE-SERIAL-NUMBER": "SN-OTHER"}, "default"),
+    ("onie-installer-x86_64-qemu_x86_64-r0.bin", {**QEMU, "ONIE-SERIAL-NUMBER": "SN-OTHER"}, "default"),
+    ("onie-installer-x86_64-qemu_x86_64", QEMU, "default"),
+    ("onie-installer-qemu_x86_64", QEMU, "default"),
+    ("onie-installer-x86_64-qemu", QEMU, "default"),  # <arch>-<switch_asic>
+    ("onie-installer-x86_64", QEMU, "default"),
+    ("onie-installer", QEMU, "default"),
+    ("onie-installer.bin", QEMU, "default"),
+    ("onie-installer", {**QEMU, "ONIE-ETH-ADDR": "52:54:00:AA:BB:CC"}, "bymac"),
+    ("52-54-00-aa-bb-cc/onie-installer", {}, "bymac"),  # MAC folder, no headers
+    ("onie-installer-x86_64-qemu_x86_64-r0", {}, "default"),  # full name alone, as a static tree
+    ("onie-updater-x86_64-qemu_x86_64-r0", {**QEMU, "ONIE-OPERATION": "onie-update"}, "updater"),
+    # fall through: another platform's names, no installer assigned, nothing identifies the device
+    ("onie-installer-arm64", QEMU, "404"),
+    ("onie-installer-x86_64-qemu_x86_64-r1", QEMU, "404"),
+    ("onie-installer-qemu_arm64", QEMU, "404"),
+    ("onie-installer", ARM, "404"),
+    ("onie-updater", {**QEMU, "ONIE-SERIAL-NUMBER": "SN-SPECIAL", "ONIE-ARCH": "arm64"}, "404"),
+    ("onie-installer", {}, "404"),
+    ("onie-installer-x86_64", {}, "404"),
+    ("onie-installer-x86_64-qemu_x86_64-r0-evil", QEMU, "404"),
+]
+
+
+@pytest.mark.parametrize(("path", "headers", "expected"), WATERFALL)
+def test_waterfall_names_get_the_device_installer(server: Running, path: str,
+                                                  headers: dict[str, str], expected: str) -> None:
+    response = get(server, path, headers)
+    assert label(response) == expected
+    if expected != "404":
+        assert response.content == installer_bytes(expected, SIZE)
+        assert response.headers["Accept-Ranges"] == "bytes"
+
+
+def test_out_tree_is_served_and_nothing_outside_it(server: Running) -> None:
+    assert get(server, "x86_64-qemu_x86_64-r0/vmlinuz").content == b"kernel" * 100
+    # A waterfall name with no assignment falls back to the static tree of the same name.
+    assert get(server, "onie-installer-x86_64-static").content == b"static tree file"
+    assert get(server, "x86_64-qemu_x86_64-r0").status_code == 404  # folders are not listed
+    assert get(server, "nothing-here").status_code == 404
+    # Traversal out of out/ (raw request line: requests would normalize the path).
+    with socket.create_connection(("127.0.0.1", int(server.url().split(":")[2].rstrip("/")))) as s:
+        s.sendall(b"GET /../site.yaml HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head = s.recv(4096).split(b"\r\n", 1)[0]
+    assert head in (b"HTTP/1.1 404 Not Found", b"HTTP/1.1 400 Bad Request")
+
+
+RANGES = [
+    ("bytes=10-19", 206, 10, 20),
+    ("bytes=99990-", 206, 99990, SIZE),
+    ("bytes=-5", 206, SIZE - 5, SIZE),
+    ("bytes=0-", 206, 0, SIZE),
+    ("bytes=99999-200000", 206, 99999, SIZE),
+    ("bytes=0-0", 206, 0, 1),
+    ("bytes=100000-", 416, 0, 0),
+    ("bytes=200000-300000", 416, 0, 0),
+    ("bytes=0-1,5-6", 200, 0, SIZE),  # several ranges: the whole file (RFC 9110 allows it)
+    ("lines=1-2", 200, 0, SIZE),  # not a byte range: ignored
+]
+
+
+@pytest.mark.parametrize(("value", "status", "start", "end"), RANGES)
+def test_range_requests(server: Running, value: str, status: int, start: int, end: int) -> None:
+    data = installer_bytes("default", SIZE)
+    response = get(server, "onie-installer", {**QEMU, "Range": value})
+    assert response.status_code == status
+    if status == 416:
+        assert response.headers["Content-Range"] == f"bytes */{SIZE}"
+        return
+    assert response.content == data[start:end]
+    if status == 206:
+        assert response.headers["Content-Range"] == f"bytes {start}-{end - 1}/{SIZE}"
+
+
+def test_if_range_with_another_version_sends_the_whole_file(server: Running) -> None:
+    first = get(server, "onie-installer", QEMU)
+    same = get(server, "onie-installer", {**QEMU, "Range": "bytes=5-9", "If-Range": first.headers["ETag"]})
+    assert same.status_code == 206 and same.content == first.content[5:10]
+    other = get(server, "onie-installer", {**QEMU, "Range": "bytes=5-9", "If-Range": '"0-0"'})
+    assert other.status_code == 200 and other.content == first.content
+
+
+def test_head_sends_no_body(server: Running) -> None:
+    response = requests.head(server.url("onie-installer"), headers=QEMU, timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Length"] == str(SIZE) and response.content == b""
+
+
+BIG = 24 * 1024 * 1024  # far more than the loopback socket buffers hold
+
+
+def test_a_dropped_download_resumes_with_range_to_identical_bytes(tmp_path: Path) -> None:
+    with running(write_site(tmp_path, installer_size=BIG), tmp_path) as big:
+        check_resume(big)
+
+
+def check_resume(server: Running) -> None:
+    headers = {**QEMU, "ONIE-SERIAL-NUMBER": "SN-RESUME"}
+    port = int(server.url().split(":")[2].rstrip("/"))
+    request = "GET /onie-installer HTTP/1.1\r\nHost: x\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    received = b""
+    with socket.socket() as conn:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.connect(("127.0.0.1", port))
+        conn.sendall(request.encode())
+        while b"\r\n\r\n" not in received or len(received.split(b"\r\n\r\n", 1)[1]) < 30_000:
+            chunk = conn.recv(4096)
+            assert chunk, "server closed early"
+            received += chunk
+    head, body = received.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200")
+    rest = get(server, "onie-installer", {**headers, "Range": f"bytes={len(body)}-"})
+    assert rest.status_code == 206
+    assert body + rest.content == installer_bytes("default", BIG)
+    device = device_state(server, "SN-RESUME")
+    assert device["downloads"] == 1  # only the resumed part reached the end
+    assert BIG <= device["bytes_sent"] < 2 * BIG and device["installer"] == "default.bin"  # type: ignore[operator]
+    assert device["phase"] == "downloaded" and device["platform"] == "x86_64-qemu_x86_64-r0"
+
+
+def device_state(server: Running, key: str) -> dict[str, object]:
+    devices = requests.get(server.url("status.json"), timeout=10).json()["devices"]
+    return next(d for d in devices if d["key"] == key)
+
+
+def report(phase: str, result: str, log: bytes = b"", **fields: str) -> bytes:
+    lines = [f"phase={phase}", f"result={result}", *(f"{k}={v}" for k, v in fields.items())]
+    return "\n".join(lines).encode() + b"\n\n" + log
+
+
+def post(server: Running, body: bytes, auth: str | None) -> requests.Response:
+    headers = {"Authorization": auth} if auth is not None else {}
+    return requests.post(server.url("status"), data=body, headers=headers, timeout=10)
+
+
+def test_status_reports_are_recorded(server: Running) -> None:
+    token = TOKEN.encode()
+    body = report("install", "running", b"x" * 100 + b"\nlast line\n", serial="SN-REPORT",
+                  mac="52-54-00-00-00-99", platform="x86_64-qemu_x86_64-r0")
+    assert post(server, body, sign(token, body)).status_code == 200
+    done = report("done", "ok", b"installed\n", serial="SN-REPORT", message="NOS installed")
+    answer = post(server, done, sign(token, done))
+    assert answer.json() == {"device": "SN-REPORT", "phase": "done", "result": "ok"}
+    device = device_state(server, "SN-REPORT")
+    assert device["state"] == "done" and device["mac"] == "52:54:00:00:00:99"
+    assert device["message"] == "NOS installed"
+    assert device["log"] == ("x" * 100 + "\nlast line\ninstalled\n")[-64:]  # log_tail: 64
+    assert [p["phase"] for p in device["phases"]] == ["install", "done"]  # type: ignore[union-attr]
+
+
+BAD_REPORTS = [
+    # (body, authorization, status, text)
+    (report("install", "ok"), None, 401, "missing or bad HMAC"),
+    (report("install", "ok"), "ONIE-HMAC-SHA256 " + "0" * 64, 401, "missing or bad HMAC"),
+    (report("install", "ok"), "Basic dXNlcjpwYXNz", 401, "missing or bad HMAC"),
+    (report("install", "maybe"), "sign", 400, "result: expected one of running, ok, fail"),
+    (report("Install!", "ok"), "sign", 400, "phase: expected lower-case letters"),
+    (b"phase=install\nrole=admin\n\n", "sign", 400, "line 2: unknown key 'role'"),
+    (b"phase install\n\n", "sign", 400, "line 1: expected 'key=value'"),
+    (report("install", "ok", serial="a b"), "sign", 400, "serial: unexpected characters"),
+    (report("install", "ok", b"y" * 5000), "sign", 413, ""),
+]
+
+
+@pytest.mark.parametrize(("body", "auth", "status", "text"), BAD_REPORTS)
+def test_bad_status_reports_are_refused(server: Running, body: bytes, auth: str | None,
+                                        status: int, text: str) -> None:
+    if auth == "sign":
+        auth = sign(TOKEN.encode(), body)
+    response = post(server, body, auth)
+    assert response.status_code == status
+    assert text in response.text
+    if status == 401:
+        assert response.headers["WWW-Authenticate"] == "ONIE-HMAC-SHA256"
+
+
+def test_a_report_signed_for_another_body_is_refused(server: Running) -> None:
+    good = report("done", "ok", serial="SN-X")
+    forged = report("done", "fail", serial="SN-X")
+    assert post(server, forged, sign(TOKEN.encode(), good)).status_code == 401
+
+
+def test_status_reports_are_disabled_without_a_token(tmp_path: Path) -> None:
+    site = write_site(tmp_path)
+    text = site.read_text().replace("status:\n  token_file: status.token\n  max_body: 4096\n"
+                                    "  log_tail: 64\n", "")
+    site.write_text(text)
+    with running(site, tmp_path) as handle:
+        body = report("done", "ok")
+        response = requests.post(handle.url("status"), data=body, timeout=10,
+                                 headers={"Authorization": sign(TOKEN.encode(), body)})
+    assert response.status_code == 403
+
+
+def test_https_with_the_site_ca(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "ca")
+    chain, key = make_server_cert(tmp_path / "ca", ca, ["127.0.0.1"])
+    other_ca = make_ca(tmp_path / "other", "Another CA")
+    site = write_site(tmp_path, tls=(chain, key, ca[0]))
+    with running(site, tmp_path) as handle:
+        url = handle.url("onie-installer", tls=True)
+        response = requests.get(url, headers=QEMU, verify=str(ca[0]), timeout=10)
+        assert response.status_code == 200 and label(response) == "default"
+        ranged = requests.get(url, headers={**QEMU, "Range": "bytes=7-"}, verify=str(ca[0]), timeout=10)
+        assert ranged.content == response.content[7:]
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url, headers=QEMU, verify=str(other_ca[0]), timeout=10)
+        published = requests.get(handle.url("onie-ca.pem"), timeout=10)
+        assert published.content == ca[0].read_bytes()
+        assert requests.get(handle.url("onie-installer"), headers=QEMU, timeout=10).ok  # plain HTTP too
+
+
+def test_cli_serve_and_status(tmp_path: Path) -> None:
+    site = write_site(tmp_path)
+    record = tmp_path / "events.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "builder", "serve", "--site", str(site), "--out", str(tmp_path),
+         "--listen", "127.0.0.1", "--http-port", "0", "--record", str(record)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        assert match, line + proc.stderr.read() if proc.stderr else line
+        base = match.group(1)
+        body = report("done", "ok", b"all good\n", serial="SN-CLI")
+        assert requests.post(f"{base}/status", data=body, timeout=10,
+                             headers={"Authorization": sign(TOKEN.encode(), body)}).ok
+        out = run_cli("status", "--json", base)
+        data = json.loads(out.stdout)
+        assert [d["key"] for d in data["devices"]] == ["SN-CLI"]
+        table = run_cli("status", base).stdout
+        assert re.search(r"^SN-CLI\s+.*\bdone\b", table, re.M), table
+        events = [json.loads(x) for x in record.read_text().splitlines()]
+        assert events[-1]["device"] == "SN-CLI" and events[-1]["log"] == "all good\n"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+    assert proc.returncode == 0
+
+
+def test_cli_serve_reports_a_bad_site(tmp_path: Path) -> None:
+    bad = tmp_path / "site.yaml"
+    bad.write_text("name: x\nserver:\n  address: 10.0.0.999\n")
+    proc = run_cli("serve", "--site", str(bad), check=False)
+    assert proc.returncode == 2
+    assert "site.yaml:3: server.address:" in proc.stderr
+
+
+def test_cli_status_unreachable() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = run_cli("status", f"http://127.0.0.1:{port}", check=False)
+    assert proc.returncode == 1 and "cannot reach" in proc.stderr
+
+
+def test_load_of_200_concurrent_devices_has_no_errors() -> None:
+    """bench/serve_load.py, small: 200 devices at once, every request answered right."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_load.py"), "--devices", "200",
+                           "--size", "65536", "--deadline", "300", "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["errors"] == 0 and summary["devices"] == 200
+    assert summary["kinds"]["download-range"]["count"] == 400
+    assert summary["kinds"]["status-post"]["count"] == 600
+
+
+# --- the environment's side: templates/report.sh.j2 run by BusyBox ash -------------------------
+
+
+def render_report(tmp_path: Path, token: str) -> Path:
+    from builder.render import make_environment, render_template
+
+    (tmp_path / "token").write_text(token + "\n")
+    text = render_template(make_environment(), "report.sh.j2", {
+        "report_token": str(tmp_path / "token"), "report_url": str(tmp_path / "no-url"),
+        "report_log_tail": 40})
+    script = tmp_path / "report.sh"
+    script.write_text("say() { echo \"say: $*\"; }\n" + text)
+    return script
+
+
+def busybox() -> str:
+    from tests.conftest import require_tool
+
+    return require_tool("busybox", "to run the generated shell (Debian package busybox-static)")
+
+
+@pytest.mark.parametrize("token", ["0123456789abcdef", "6" * 64, "k6\\-_~!#$%&()*+,./:;<=>?@[]^`{|}",
+                                   TOKEN])
+def test_the_shell_hmac_matches_python(tmp_path: Path, token: str) -> None:
+    import hashlib
+    import hmac
+
+    script = render_report(tmp_path, token)
+    body = tmp_path / "body"
+    body.write_bytes(b"phase=done\nresult=ok\n\n" + bytes(range(256)) * 3)
+    (tmp_path / "k").write_text(token)
+    proc = subprocess.run([busybox(), "ash", "-c", '. "$1"; hmac_sha256 "$2" "$3"', "sh", str(script),
+                           str(tmp_path / "k"), str(body)], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == hmac.new(token.encode(), body.read_bytes(), hashlib.sha256).hexdigest()
+
+
+def test_report_status_from_busybox_reaches_the_server(server: Running, tmp_path: Path) -> None:
+    script = render_report(tmp_path, TOKEN)
+    (tmp_path / "discovery.log").write_text("onie-discovery: try http://x/onie-installer\n")
+    (tmp_path / "installer.log").write_text("installing...\nNOS installed OK\n")
+    installer_url = server.url("onie-installer-x86_64-qemu_x86_64-r0")
+    env = {"PATH": os.environ["PATH"], "RUN": str(tmp_path / "run"),
+           "LOG": str(tmp_path / "discovery.log"), "INSTALLER_LOG": str(tmp_path / "installer.log"),
+           "SERIAL": "SN-ASH", "ETH_ADDR": "52:54:00:ab:cd:ef", "PLATFORM": "x86_64-qemu_x86_64-r0"}
+    for phase, result, message in (("install", "running", ""), ("done", "ok", "rc=0; $(reboot) `x`")):
+        subprocess.run([busybox(), "ash", "-c", '. "$1"; report_status "$2" "$3" "$4" "$5"', "sh",
+                        str(script), phase, result, installer_url, message],
+                       env=env, check=True, capture_output=True, text=True)
+    device = device_state(server, "SN-ASH")
+    assert device["state"] == "done" and device["mac"] == "52:54:00:ab:cd:ef"
+    assert device["platform"] == "x86_64-qemu_x86_64-r0"
+    assert device["message"] == "rc=0? ?(reboot) ?x?"  # shell metacharacters made harmless
+    assert str(device["log"]).endswith("installing...\nNOS installed OK\n")
+    assert not (tmp_path / "run" / "status.key").exists()
+
+
+def test_report_status_is_a_no_op_without_token_or_http(tmp_path: Path) -> None:
+    script = render_report(tmp_path, TOKEN)
+    proc = subprocess.run([busybox(), "ash", "-c", '. "$1"; report_status done ok tftp://10.0.0.1/x; '
+                           'echo rc=$?', "sh", str(script)],
+                          capture_output=True, text=True, env={"PATH": os.environ["PATH"],
+                                                               "RUN": str(tmp_path / "run")})
+    assert proc.stdout.strip() == "rc=0"
+
+
+def test_the_store_stops_recording_new_devices_at_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from builder import status
+
+    monkeypatch.setattr(status, "MAX_DEVICES", 3)
+    store = status.StatusStore()
+    for n in range(5):
+        store.note_request(store.find(status.Identity(serial=f"S{n}")), "/onie-installer")
+    assert sorted(store.devices) == ["S0", "S1", "S2"]
+    again = store.find(status.Identity(serial="S1", mac="52:54:00:00:00:01"))
+    assert again is store.devices["S1"] and again.mac == "52:54:00:00:00:01"
+    assert store.find(status.Identity(mac="52:54:00:00:00:01")) is again

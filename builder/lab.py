@@ -99,19 +99,27 @@ class NetNamespace:
 
     def add_tap(self, name: str, address: str) -> None:
         """Add tap device ``name`` with ``address`` (CIDR, e.g. "10.200.7.1/24") and bring it up."""
-        try:
-            ipaddress.ip_interface(address)
-            valid = "/" in address
-        except ValueError:
-            valid = False
-        if not valid:
-            raise LabError(
-                f"tap {name}: expected an address with a prefix length such as"
-                f" '10.200.7.1/24', got {address!r}"
-            )
+        _check_cidr(f"tap {name}", address)
         self.ip("tuntap", "add", "dev", name, "mode", "tap")
         self.ip("addr", "add", address, "dev", name)
         self.ip("link", "set", name, "up")
+
+    def add_veth(self, name: str, address: str, peer: NetNamespace, peer_name: str,
+                 peer_address: str | None = None) -> None:
+        """Link this namespace to ``peer`` with a veth pair (``name`` here, ``peer_name`` there).
+
+        Unlike a tap, a veth has a carrier without QEMU: host tools (busybox udhcpc, wget) run
+        in ``peer`` as the client of servers here. Addresses are CIDR; ``peer_address`` is optional.
+        """
+        for where in (address, peer_address):
+            if where is not None:
+                _check_cidr(f"veth {name}", where)
+        self.ip("link", "add", name, "type", "veth", "peer", "name", peer_name, "netns", peer.name)
+        self.ip("addr", "add", address, "dev", name)
+        self.ip("link", "set", name, "up")
+        if peer_address is not None:
+            peer.ip("addr", "add", peer_address, "dev", peer_name)
+        peer.ip("link", "set", peer_name, "up")
 
     def exec_argv(self, argv: list[str]) -> list[str]:
         """Return ``argv`` wrapped to run inside this namespace."""
@@ -140,6 +148,19 @@ class NetNamespace:
         else:
             for proc in self._spawned:
                 stop_process(proc)
+
+
+def _check_cidr(what: str, address: str) -> None:
+    try:
+        ipaddress.ip_interface(address)
+        valid = "/" in address
+    except ValueError:
+        valid = False
+    if not valid:
+        raise LabError(
+            f"{what}: expected an address with a prefix length such as"
+            f" '10.200.7.1/24', got {address!r}"
+        )
 
 
 def remove_namespace(ip: str, name: str, spawned: list[subprocess.Popen[bytes]]) -> None:

@@ -13,17 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder import __version__
+from builder import __version__, transports
 from builder.cache import Cache, sha256_file, write_atomic
 from builder.cpio import Compression, compress, render_cpio
+from builder.images import ImageContext, image_inputs, make_images
 from builder.initramfs import Context, make_tree
 from builder.lock import Lock
-from builder.recipe import Recipe
+from builder.recipe import Arch, Recipe
 from builder.render import BUILTIN_TEMPLATES
 from builder.result import BuildResult
 from builder.rootfs import Kind, Tree
 from builder.sources import Resolution, Resolver, find_apt_sources
 from builder.stamp import outputs_present, read_stamp, snapshot, stamp_path, unchanged
+from builder.trust import describe_trust, load_trust
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
     staging = make_staging(options.out_dir, platform)
     try:
         outputs = write_outputs(staging, recipe, resolution, tree, options, cache, step)
+        outputs.update(write_images(staging, recipe, resolution, tree, options, step))
         manifest = render_manifest(recipe, recipe_files, resolution, tree, outputs, options)
         write_atomic(staging / MANIFEST, manifest.encode())
         outputs[MANIFEST] = {"sha256": hashlib.sha256(manifest.encode()).hexdigest(),
@@ -101,19 +104,43 @@ def write_outputs(staging: Path, recipe: Recipe, resolution: Resolution, tree: T
          f"{compression.value})")
     archive = render_cpio(tree, options.source_date_epoch)
     level = recipe.initramfs.compression_level
-    (staging / INITRAMFS).write_bytes(compressed(archive, compression, level, cache))
+    x86 = recipe.platform.arch is Arch.X86_64
+    (staging / INITRAMFS).write_bytes(compressed(archive, compression, level, x86, cache))
     return {name: {"sha256": sha256_file(staging / name), "size": (staging / name).stat().st_size}
             for name in (KERNEL, INITRAMFS)}
 
 
-def compressed(archive: bytes, compression: Compression, level: int | None,
+def write_images(staging: Path, recipe: Recipe, resolution: Resolution, tree: Tree,
+                 options: BuildOptions, step: Step) -> dict[str, dict[str, Any]]:
+    """Build the recipe's boot images (builder.images) beside the kernel; digests and sizes."""
+    if not recipe.images.formats:
+        return {}
+    step(f"{recipe.platform_string}: making images "
+         f"({', '.join(f.value for f in recipe.images.formats)})")
+    osrel = tree.get("/etc/os-release")
+    kernel = resolution.kernel
+    context = ImageContext(
+        kernel=staging / KERNEL, initramfs=staging / INITRAMFS, cmdline=kernel_cmdline(recipe),
+        kernel_release=kernel.release, os_release=osrel.content().decode() if osrel else "",
+        source_date_epoch=options.source_date_epoch,
+        kernel_roots=tuple(p.root for p in kernel.packages))
+    return {name: {"sha256": sha256_file(staging / name), "size": (staging / name).stat().st_size}
+            for name in make_images(recipe, staging, context)}
+
+
+# Bumped whenever compress() changes its output for the same settings.
+COMPRESSOR_REVISION = 2
+
+
+def compressed(archive: bytes, compression: Compression, level: int | None, x86: bool,
                cache: Cache) -> bytes:
     """Compress through the cache: the same archive is compressed once (warm builds stay fast)."""
     digest = hashlib.sha256(archive).hexdigest()
-    key = cache.root / "derived" / f"{digest}.{compression.value}{level if level is not None else ''}"
+    settings = f"{compression.value}-{level}-{'x86' if x86 else 'any'}-r{COMPRESSOR_REVISION}"
+    key = cache.root / "derived" / f"{digest}.{settings}"
     if key.is_file():
         return key.read_bytes()
-    data = compress(archive, compression, level)
+    data = compress(archive, compression, level, x86=x86)
     write_atomic(key, data)
     return data
 
@@ -140,7 +167,8 @@ def input_paths(recipe: Recipe, recipe_files: list[Path], options: BuildOptions)
     """Every file and folder a build reads besides content-addressed downloads."""
     local = [c.path for c in (recipe.kernel, *recipe.initramfs.components) if c.path is not None]
     paths = [*recipe_files, PACKAGE_DIR, BUILTIN_TEMPLATES, *recipe.templates,
-             *recipe.initramfs.overlays, *local]
+             *recipe.initramfs.overlays, *local, *recipe.trust.keys,
+             *image_inputs(recipe), *transports.input_files(recipe)]
     return paths + ([options.lock_path] if options.lock_path else [])
 
 
@@ -177,7 +205,10 @@ def render_manifest(recipe: Recipe, recipe_files: list[Path], resolution: Resolu
                     "sha256": item.sha256} for item in resolution.components if item.file]
     files = [{"path": e.path, "type": e.kind.name.lower(), "mode": f"{e.mode:04o}",
               "origin": e.origin,
-              **({"sha256": e.sha256(), "size": len(e.content())} if e.kind is Kind.FILE else {}),
+              # A secret file (CHAP secrets) is listed without its digest or size.
+              **({"sha256": e.sha256(), "size": len(e.content())}
+                 if e.kind is Kind.FILE and not e.secret else {}),
+              **({"secret": True} if e.secret else {}),
               **({"target": e.target} if e.kind is Kind.SYMLINK else {}),
               **({"rdev": list(e.rdev)} if e.kind in (Kind.CHAR, Kind.BLOCK) else {})}
              for e in tree.entries()]
@@ -192,5 +223,6 @@ def render_manifest(recipe: Recipe, recipe_files: list[Path], resolution: Resolu
         "outputs": outputs,
         "components": components,
         "initramfs": {"compression": recipe.initramfs.compression.value, "files": files},
+        "trust": describe_trust(load_trust(recipe.trust, options.source_date_epoch)),
     }
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"

@@ -219,18 +219,32 @@ def lock(ctx: click.Context, names: tuple[str, ...], lock_path: Path | None,
               help="Debian archive to use instead of the host's apt sources.")
 @click.option("--force", is_flag=True, help="Rebuild even when the inputs have not changed.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--all", "all_platforms", is_flag=True,
+              help="Build every platform under recipes/platforms/; a failure does not stop the others.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Platforms built at once (worker processes sharing one cache).")
 @click.pass_context
 @handle_errors
 def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: Path | None,
-          no_lock: bool, offline: bool, mirror: str | None, force: bool, as_json: bool) -> None:
+          no_lock: bool, offline: bool, mirror: str | None, force: bool, as_json: bool,
+          all_platforms: bool, jobs: int) -> None:
     """Build the named platform recipes (default: qemu_x86_64) into OUT/<platform>/.
 
-    Each output folder holds `vmlinuz`, `initrd.img` and `manifest.json`. The previous
-    output stays intact until a build succeeds. Times come from SOURCE_DATE_EPOCH (or the
-    last git commit), so two builds give identical bytes.
+    Each output folder holds `vmlinuz`, `initrd.img`, `manifest.json` and the boot images
+    the recipe asks for (docs/images.md). The previous output stays intact until a build
+    succeeds. Times come from SOURCE_DATE_EPOCH (or the last git commit), so two builds give
+    identical bytes. With --all (or -j above 1) every platform is built even when one fails,
+    a summary table follows, and the exit code is 1 if any failed.
     """
     from builder.stamp import find_fresh
 
+    if all_platforms and names:
+        raise BuildError("--all builds every platform: name none, or drop --all")
+    if all_platforms or jobs > 1:
+        paths = ([find_recipe_file(n) for n in names] if names
+                 else sorted((recipes_dir() / "platforms").glob("*.yaml")))
+        build_batch(ctx, paths, out_dir, lock_path, no_lock, offline, mirror, force, as_json, jobs)
+        return
     paths = [find_recipe_file(n) for n in (names or (DEFAULT_RECIPE,))]
     default_lock = Path("onie-builder.lock")
     if lock_path is None and not no_lock and default_lock.is_file():
@@ -259,6 +273,41 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
         results.append(build_platform(recipe, merged.files, options, cache,
                                       step=lambda msg: log.info("==> %s", msg)))
     report(results, as_json)
+
+
+def build_batch(ctx: click.Context, paths: list[Path], out_dir: Path, lock_path: Path | None,
+                no_lock: bool, offline: bool, mirror: str | None, force: bool, as_json: bool,
+                jobs: int) -> None:
+    """Build many platforms, ``jobs`` at once; print the summary; exit 1 if any failed."""
+    import time
+
+    from builder.batch import Job, build_many, render_summary
+    from builder.build import BuildOptions
+    from builder.lock import read_lock
+
+    if not no_lock and lock_path is None and Path("onie-builder.lock").is_file():
+        lock_path = Path("onie-builder.lock")
+    if no_lock:
+        lock_path = None
+    the_lock = read_lock(lock_path) if lock_path is not None else None
+    debug = bool(ctx.find_root().params.get("debug"))
+    batch = [Job(path, BuildOptions(out_dir=out_dir, source_date_epoch=source_date_epoch(path),
+                                    lock=the_lock, lock_path=lock_path, mirror=mirror, force=force),
+                 ctx.obj["cache_dir"], offline, debug) for path in paths]
+    start = time.monotonic()
+    outcomes = build_many(batch, jobs, done=lambda o: log.info(
+        "==> %s: %s", o.platform, "FAILED" if o.failed else "done"))
+    if as_json:
+        click.echo(json.dumps([{"platform": o.platform, "recipe": str(o.recipe_file),
+                                "ok": not o.failed, "error": o.error, "seconds": round(o.seconds, 3),
+                                "out": str(o.result.out) if o.result else None,
+                                "skipped": o.result.skipped if o.result else False,
+                                "outputs": o.result.outputs if o.result else {}}
+                               for o in outcomes], indent=2))
+    else:
+        click.echo(render_summary(outcomes, time.monotonic() - start))
+    if any(o.failed for o in outcomes):
+        sys.exit(1)
 
 
 def report(results: list[BuildResult], as_json: bool) -> None:
@@ -301,3 +350,265 @@ def boot(image: Path, append: str, dry_run: bool) -> None:
         return
     find_qemu(manifest["arch"])
     os.execvp(argv[0], argv)
+
+
+@main.command("dhcp-config")
+@click.argument("names", nargs=-1)
+@click.option("--site", "site_path", required=True, type=click.Path(path_type=Path),
+              help="The site file (subnets, server, devices).")
+@click.option("--format", "fmt", type=click.Choice(["dnsmasq", "kea", "isc"]), default="dnsmasq",
+              show_default=True, help="The DHCP server to configure.")
+@click.option("--family", type=click.Choice(["4", "6"]), default="4", show_default=True,
+              help="Kea and ISC dhcpd run one daemon per IP family; dnsmasq serves both.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Write the configuration here (atomically) instead of to stdout.")
+@handle_errors
+def dhcp_config(names: tuple[str, ...], site_path: Path, fmt: str, family: str,
+                output: Path | None) -> None:
+    """Write a DHCP server configuration for the site's ONIE devices.
+
+    Every platform of the named recipes (default: all) and of the site file gets a class on
+    vendor class `onie_vendor:<platform>` answering option 114 and VIVSO 125 with its installer
+    URL on the `serve` server; devices with a MAC get host entries. See docs/factory.md.
+    """
+    from builder.dhcp import DhcpFormat, render_dhcp_config
+    from builder.recipe import load_recipe
+    from builder.site import load_site
+
+    site, _ = load_site(site_path)
+    paths = ([find_recipe_file(n) for n in names] if names
+             else sorted((recipes_dir() / "platforms").glob("*.yaml")))
+    platforms = [load_recipe(p)[0].platform_string for p in paths]
+    text = render_dhcp_config(site, platforms, DhcpFormat(fmt), int(family))
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    from builder.cache import write_atomic
+
+    write_atomic(output, text.encode())
+    output.chmod(0o644)
+    click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
+@click.option("--site", "site_path", required=True, type=click.Path(path_type=Path),
+              help="The site file (assignments, TLS material, status token).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"),
+              show_default=True, help="The build output tree to serve.")
+@click.option("--listen", multiple=True, help="Address to listen on (repeat for several; "
+              "default: the site's server.listen).")
+@click.option("--http-port", type=int, default=None, help="Override server.http_port (0: any).")
+@click.option("--https-port", type=int, default=None, help="Override server.https_port (0: any).")
+@click.option("--record", type=click.Path(path_type=Path), default=None,
+              help="Append every status report and finished download to this JSON Lines file.")
+@handle_errors
+def serve(site_path: Path, out_dir: Path, listen: tuple[str, ...], http_port: int | None,
+          https_port: int | None, record: Path | None) -> None:
+    """Serve OUT and the site's installers to ONIE devices, and collect their status.
+
+    Waterfall names (`onie-installer-<platform>` ...) get the installer the site assigns to
+    the asking device (by ONIE's serial number and MAC headers); Range requests resume
+    downloads; devices POST signed reports to /status. The live status page is at /,
+    the same data for scripts at /status.json (or `onie-builder status URL --json`).
+    Stop with Ctrl-C.
+    """
+    from builder.serve import Server, run_server
+    from builder.site import check_site_files, load_site
+
+    site, _ = load_site(site_path)
+    check_site_files(site)
+    server = Server(site, out_dir, listen=list(listen) or None, http_port=http_port,
+                    https_port=https_port, record=record)
+
+    def ready(urls: list[str]) -> None:
+        click.echo(f"serving {out_dir} for site {site.name}: {' '.join(urls)}")
+        click.echo(f"status page: {urls[0]}/", err=True)
+        sys.stdout.flush()
+
+    run_server(server, ready)
+
+
+@main.command()
+@click.argument("url")
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON as it is.")
+@click.option("--cacert", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="CA certificate to check an https:// server against.")
+@handle_errors
+def status(url: str, as_json: bool, cacert: Path | None) -> None:
+    """Show the devices a running `onie-builder serve` at URL knows and their state."""
+    from builder.status import fetch_status, format_status
+
+    data = fetch_status(url, cacert)
+    click.echo(json.dumps(data, indent=2) if as_json else format_status(data))
+
+
+# --- signed installers (docs/signed-installer.md) ----------------------------------------------
+
+@main.group()
+def keys() -> None:
+    """Generate and inspect the keys that sign installers."""
+
+
+@keys.command("generate")
+@click.argument("stem", type=click.Path(path_type=Path))
+@click.option("--type", "key_type", default="ed25519", show_default=True,
+              type=click.Choice(["ed25519", "ecdsa-p256", "rsa-3072"]),
+              help="Key type (RSA-3072 suits HSMs that lack the others).")
+@click.option("--passphrase-file", type=click.Path(path_type=Path), default=None,
+              help="Encrypt the private key with the first line of this file.")
+@handle_errors
+def keys_generate(stem: Path, key_type: str, passphrase_file: Path | None) -> None:
+    """Write a key pair: STEM.key (private, mode 0600) and STEM.pub (for recipes' trust.keys)."""
+    from builder.keys import KeyType, make_key_pair, read_passphrase
+
+    passphrase = read_passphrase(passphrase_file) if passphrase_file else None
+    public = make_key_pair(KeyType(key_type), stem, passphrase)
+    click.echo(f"{public.source}: {public.type.value} key {public.key_id}")
+
+
+@keys.command("id")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@handle_errors
+def keys_id(files: tuple[Path, ...]) -> None:
+    """Print the key id and type of public key FILES (the ids that trust.revoked_keys lists)."""
+    from builder.keys import load_public_key
+
+    for path in files:
+        key = load_public_key(path)
+        click.echo(f"{key.key_id}  {key.type.value:<10}  {path}")
+
+
+def parse_epoch(value: str | None) -> int | None:
+    """A UTC time as an epoch integer or an ISO 8601 date/time (UTC unless it says otherwise)."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    import datetime
+
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise BuildError(f"--not-after: expected a UTC epoch or an ISO 8601 date, got {value!r}") \
+            from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return int(when.timestamp())
+
+
+@main.command()
+@click.argument("installer", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="The signed file (default: INSTALLER.signed).")
+@click.option("--key", "key_path", type=click.Path(path_type=Path), default=None,
+              help="Private key file (PEM).")
+@click.option("--passphrase-file", type=click.Path(path_type=Path), default=None,
+              help="The private key's passphrase: the first line of this file.")
+@click.option("--signer-cmd", default=None,
+              help="Sign with this command instead: statement on stdin, signature on stdout.")
+@click.option("--public-key", "public_path", type=click.Path(path_type=Path), default=None,
+              help="With --signer-cmd: the signer's public key.")
+@click.option("--version", "image_version", type=int, required=True,
+              help="The installer's version: an integer that only grows (rollback floor).")
+@click.option("--platform", "platforms", multiple=True, required=True,
+              help="A platform string it may run on (repeat), or '*' for any.")
+@click.option("--type", "image_type", type=click.Choice(["installer", "updater"]),
+              default="installer", show_default=True, help="NOS installer or updater.")
+@click.option("--not-after", default=None,
+              help="Expiry: a UTC epoch or ISO 8601 date/time.")
+@handle_errors
+def sign(installer: Path, output: Path | None, key_path: Path | None,
+         passphrase_file: Path | None, signer_cmd: str | None, public_path: Path | None,
+         image_version: int, platforms: tuple[str, ...], image_type: str,
+         not_after: str | None) -> None:
+    """Sign INSTALLER: write it unchanged followed by a signed statement and a trailer.
+
+    The statement names the installer's sha256 and size, VERSION, the platforms, the image
+    type, the key id and the expiry. With --signer-cmd the private key stays in an HSM or a
+    signing service: the command gets the statement on stdin and writes the signature.
+    """
+    from builder.keys import load_private_key, load_public_key, read_passphrase
+    from builder.signers import CommandSigner, KeySigner
+    from builder.signing import ImageType, sign_installer
+
+    signer: KeySigner | CommandSigner
+    if (key_path is None) == (signer_cmd is None):
+        raise BuildError("give exactly one of --key and --signer-cmd")
+    if signer_cmd is not None:
+        if public_path is None:
+            raise BuildError("--signer-cmd needs --public-key (the signer's public key)")
+        signer = CommandSigner(signer_cmd, load_public_key(public_path))
+    else:
+        assert key_path is not None
+        passphrase = read_passphrase(passphrase_file) if passphrase_file else None
+        signer = KeySigner(load_private_key(key_path, passphrase))
+    dest = output or installer.with_name(installer.name + ".signed")
+    statement = sign_installer(installer, dest, signer, image=ImageType(image_type),
+                               version=image_version, platforms=platforms,
+                               not_after=parse_epoch(not_after))
+    click.echo(f"{dest}: {statement.image.value} version {statement.version} sha256 "
+               f"{statement.sha256} key {statement.key_id}")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--recipe", "recipe_name", default=None,
+              help="Verify as this platform's image does: its trust, platform and build time.")
+@click.option("--key", "key_paths", multiple=True, type=click.Path(path_type=Path),
+              help="Instead of --recipe: a trusted public key (repeat).")
+@click.option("--platform", default=None, help="With --key: the platform string to check.")
+@click.option("--mode", type=click.Choice(["install", "update", "embed", "rescue", "uninstall"]),
+              default="install", show_default=True, help="The boot mode to check against.")
+@click.option("--now", type=int, default=None, help="The clock (UTC epoch) for expiry checks.")
+@click.option("--strip", "strip_to", type=click.Path(path_type=Path), default=None,
+              help="Write the verified installer (without the signature) here; one FILE only.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON verdict per file.")
+@handle_errors
+def verify(files: tuple[Path, ...], recipe_name: str | None, key_paths: tuple[Path, ...],
+           platform: str | None, mode: str, now: int | None, strip_to: Path | None,
+           as_json: bool) -> None:
+    """Check signed installers exactly as the environment does before running one.
+
+    Prints `FILE: ok ...` or `FILE: refused <reason>: <detail>` per file; exits 1 when any
+    is refused. The reasons are those the guest prints (docs/signed-installer.md).
+    """
+    from builder.keys import load_public_key
+    from builder.recipe import load_recipe
+    from builder.signing import BootMode, Refusal
+    from builder.trust import TrustStore, load_trust, strip_signature, verify_signed
+
+    if (recipe_name is None) == (not key_paths):
+        raise BuildError("give exactly one of --recipe and --key")
+    if recipe_name is not None:
+        path = find_recipe_file(recipe_name)
+        recipe, _ = load_recipe(path)
+        store, platform = load_trust(recipe.trust, source_date_epoch(path)), recipe.platform_string
+    elif platform is None:
+        raise BuildError("--key needs --platform (the platform string to check)")
+    else:
+        store = TrustStore(keys=tuple(load_public_key(p) for p in key_paths))
+    if strip_to is not None and len(files) != 1:
+        raise BuildError("--strip takes exactly one FILE")
+    verdicts, refused = [], 0
+    for file in files:
+        try:
+            verdict = verify_signed(file, store, platform, BootMode(mode), now)
+        except Refusal as exc:
+            refused += 1
+            verdicts.append({"file": str(file), "ok": False, "reason": exc.reason.value,
+                             "detail": exc.detail})
+            if not as_json:
+                click.echo(f"{file}: refused {exc.reason.value}: {exc.detail}")
+            continue
+        s = verdict.statement
+        verdicts.append({"file": str(file), "ok": True, "image": s.image.value,
+                         "version": s.version, "platforms": list(s.platforms), "size": s.size,
+                         "sha256": s.sha256, "key": s.key_id, "not_after": s.not_after})
+        if not as_json:
+            click.echo(f"{file}: ok {s.image.value} version {s.version} key {s.key_id}")
+        if strip_to is not None:
+            strip_signature(file, verdict, strip_to)
+    if as_json:
+        click.echo(json.dumps(verdicts, indent=2))
+    if refused:
+        raise BuildError(f"{refused} of {len(files)} refused")

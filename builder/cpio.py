@@ -103,33 +103,40 @@ def render_cpio(tree: Tree, mtime: int) -> bytes:
     return b"".join(chunks)
 
 
-def _xz(data: bytes, level: int) -> bytes:
-    # The kernel's xz decoder verifies CRC32 but not CRC64, and allocates the dictionary at
-    # boot: the settings of its own scripts/Makefile.lib (xz --check=crc32 --lzma2=dict=1MiB).
-    filters = [{"id": lzma.FILTER_LZMA2, "preset": level, "dict_size": 1 << 20}]
+def _xz(data: bytes, level: int, x86: bool) -> bytes:
+    # The kernel's xz decoder verifies CRC32 but not CRC64. For the initramfs it allocates the
+    # dictionary as needed (lib/decompress_unxz.c, XZ_DYNALLOC), so a 16 MiB dictionary finds
+    # matches across libraries and modules: 8% smaller than 1 MiB on the default image. The x86
+    # BCJ filter (CONFIG_XZ_DEC_X86, on in Debian's kernels) takes another 2%; 6.1 kernels have
+    # no ARM64 BCJ decoder, so arm64 images use LZMA2 alone.
+    bcj = [{"id": lzma.FILTER_X86}] if x86 else []
+    filters = [*bcj, {"id": lzma.FILTER_LZMA2, "preset": level, "dict_size": 16 << 20}]
     return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=filters)
 
 
-def _gzip(data: bytes, level: int) -> bytes:
+def _gzip(data: bytes, level: int, x86: bool) -> bytes:
     # mtime=0 and no file name keep the header free of build-time facts.
     return gzip.compress(data, compresslevel=level, mtime=0)
 
 
-def _zstd(data: bytes, level: int) -> bytes:
+def _zstd(data: bytes, level: int, x86: bool) -> bytes:
     compressor = zstandard.ZstdCompressor(level=level, write_checksum=True,
                                           write_content_size=True)
     return compressor.compress(data)
 
 
-_COMPRESSORS: dict[Compression, Callable[[bytes, int], bytes]] = {
+_COMPRESSORS: dict[Compression, Callable[[bytes, int, bool], bytes]] = {
     Compression.GZIP: _gzip,
     Compression.XZ: _xz,
     Compression.ZSTD: _zstd,
 }
 
 
-def compress(data: bytes, compression: Compression, level: int | None = None) -> bytes:
-    """``data`` compressed reproducibly; ``level`` defaults to ``compression.default_level``."""
+def compress(data: bytes, compression: Compression, level: int | None = None, *,
+             x86: bool = False) -> bytes:
+    """``data`` compressed reproducibly; ``level`` defaults to ``compression.default_level``.
+
+    ``x86`` adds xz's x86 branch filter (for x86_64 images; ignored by gzip and zstd)."""
     if compression is Compression.NONE:
         return data
     level = compression.default_level if level is None else level
@@ -137,7 +144,7 @@ def compress(data: bytes, compression: Compression, level: int | None = None) ->
         levels = compression.levels
         raise BuildError(f"{compression.value} level {level} is out of range: expected "
                          f"{levels.start} to {levels.stop - 1}")
-    return _COMPRESSORS[compression](data, level)
+    return _COMPRESSORS[compression](data, level, x86)
 
 
 def make_initramfs(tree: Tree, path: Path, mtime: int, compression: Compression) -> str:

@@ -38,6 +38,7 @@ PATHS = {
     "installer_log": "/var/log/onie-installer.log",
     "machine_conf": "/etc/machine.conf",
     "cmdline": "/proc/cmdline",
+    "modules": "/run/onie/modules",  # /init marks each module group done here (init.j2)
     "resolv": "/etc/resolv.conf",
 }
 # (template, path key, mode): the discovery part of the image (see initramfs.TEMPLATES).

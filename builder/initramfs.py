@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder import __version__
+from builder import __version__, discovery, transports, trust
 from builder.elf import install_elf_closure, parse_elf
 from builder.errors import BuildError
-from builder.kmod import find_module_closure, index_modules, install_modules
+from builder.kmod import Module, find_module_closure, index_modules, install_modules, make_load_plan
 from builder.recipe import Recipe
 from builder.render import make_environment, render_template, template_sources
 from builder.rootfs import Kind, Tree
@@ -29,6 +30,17 @@ TEMPLATES = (
     ("machine.conf.j2", "/etc/machine.conf", 0o644),
     ("os-release.j2", "/etc/os-release", 0o644),
     ("profile.j2", "/etc/profile", 0o644),
+    ("modprobe.conf.j2", "/etc/modprobe.d/onie.conf", 0o644),  # module options (usb-storage)
+    # Discovery (builder/discovery.py): /bin/onie-discovery and its udhcpc event script.
+    *((name, discovery.PATHS[key], mode) for name, key, mode in discovery.TEMPLATES),
+    # Signed installers (builder/trust.py): the verifier, also included in /bin/onie-discovery.
+    ("verify.sh.j2", "/lib/onie/verify.sh", 0o644),
+    # Transports (builder/transports.py): dhcpcd's configuration and hook for DHCPv6.
+    ("dhcpcd.conf.j2", transports.PATHS["dhcpcd_conf"], 0o644),
+    ("dhcpcd.hook.j2", transports.PATHS["dhcpcd_hook"], 0o755),
+    # Embed (builder/images, docs/images.md): install onto the disk from the ISO's embed entry.
+    ("embed.sh.j2", "/usr/sbin/onie-embed", 0o755),
+    ("embed-rc.j2", "/etc/rc.d/S05embed", 0o755),
 )
 
 
@@ -39,6 +51,7 @@ class Context:
     recipe: Recipe
     resolution: Resolution
     source_date_epoch: int
+    modules: tuple[Module, ...] = ()  # the installed kernel modules (make_tree fills it in)
 
     def template_values(self) -> dict[str, Any]:
         """The variables every template sees."""
@@ -51,6 +64,11 @@ class Context:
             "kernel_version": self.resolution.kernel.release,
             "firmware": "auto",
             "modules": self.recipe.kernel.modules,
+            # /init loads them by need (kmod.make_load_plan, docs/discovery.md "Boot timing").
+            "module_load": make_load_plan(self.recipe.kernel.modules, self.modules),
+            **discovery.template_values(self.recipe, self.resolution.kernel.release, __version__),
+            **trust.template_values(self.recipe, self.source_date_epoch),
+            **transports.template_values(self.recipe, self.source_date_epoch),
         }
 
 
@@ -60,8 +78,10 @@ def make_tree(context: Context) -> Tree:
     install_skeleton(tree)
     for component in context.resolution.components:
         install_component(tree, component, context.recipe)
-    install_kernel_modules(tree, context)
+    context = dataclasses.replace(context, modules=install_kernel_modules(tree, context))
     install_templates(tree, context)
+    trust.install_trust(tree, trust.load_trust(context.recipe.trust, context.source_date_epoch))
+    transports.install_transports(tree, context.recipe)
     for overlay in context.recipe.initramfs.overlays:
         if not overlay.is_dir():
             raise BuildError(f"{overlay}: overlay folder does not exist")
@@ -122,18 +142,19 @@ def check_machine(tree: Tree, paths: list[str], recipe: Recipe) -> None:
                              f"{recipe.platform_string} needs {want}")
 
 
-def install_kernel_modules(tree: Tree, context: Context) -> None:
+def install_kernel_modules(tree: Tree, context: Context) -> tuple[Module, ...]:
     """The wanted modules and their dependency closure, with a generated modules.dep."""
     kernel = context.resolution.kernel
-    wanted = context.recipe.kernel.modules
+    wanted = [*context.recipe.kernel.modules, *transports.implied_modules(context.recipe)]
     if not wanted:
-        return
+        return ()
     if kernel.modules_dir is None:
         raise BuildError(f"kernel {kernel.release} has no lib/modules folder")
     index = index_modules(kernel.modules_dir)
     modules = find_module_closure(index, list(wanted))
     origin = kernel.packages[0].origin if kernel.packages else "kernel"
     install_modules(tree, kernel.release, modules, origin)
+    return tuple(modules)
 
 
 def install_templates(tree: Tree, context: Context) -> None:

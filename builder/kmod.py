@@ -10,7 +10,7 @@ import logging
 import lzma
 import os
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -313,3 +313,42 @@ def install_modules(tree: Tree, kernel_version: str, modules: list[Module], orig
     }
     for name, text in index_files.items():
         tree.add_file(f"{base}/{name}", data=text.encode(), mode=0o644, origin=origin)
+
+
+# When /init loads a module, by where it sits in the kernel tree (docs/discovery.md, "Boot
+# timing"): network drivers and the virtio bus they may sit on first, so DHCP can start; disks,
+# USB and every other driver, then filesystems, in the background while discovery runs.
+NETWORK, STORAGE, FILESYSTEMS = "network", "storage", "filesystems"
+LOAD_GROUP_FOLDERS = ((NETWORK, ("kernel/drivers/net/", "kernel/net/", "kernel/drivers/virtio/")),
+                      (FILESYSTEMS, ("kernel/fs/",)))
+# Buses whose devices exist before any storage driver loads: a device there that matches a
+# storage driver's alias means a disk may appear, so discovery's local method waits for them.
+HOST_BUS_ALIASES = ("pci:", "of:", "platform:", "acpi", "virtio:", "amba:")
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """The modules /init loads, by group in the recipe's order, and the storage drivers'
+    device aliases on host buses (shell glob patterns, as modules.alias writes them)."""
+
+    network: tuple[str, ...] = ()
+    storage: tuple[str, ...] = ()
+    filesystems: tuple[str, ...] = ()
+    storage_aliases: tuple[str, ...] = ()
+
+
+def make_load_plan(wanted: Sequence[str], modules: Sequence[Module]) -> LoadPlan:
+    """Group ``wanted`` (the recipe's names) by when they are needed; a name whose file is not
+    among ``modules`` counts as storage (loaded in the background)."""
+    by_name = {m.name: m for m in modules}
+    groups: dict[str, list[str]] = {NETWORK: [], STORAGE: [], FILESYSTEMS: []}
+    aliases: list[str] = []
+    for name in dict.fromkeys(normalize_name(w) for w in wanted):
+        module = by_name.get(name)
+        path = module.relpath if module else ""
+        group = next((g for g, folders in LOAD_GROUP_FOLDERS if path.startswith(folders)), STORAGE)
+        groups[group].append(name)
+        if group == STORAGE and module is not None:
+            aliases += [a for a in module.aliases if a.startswith(HOST_BUS_ALIASES)]
+    return LoadPlan(tuple(groups[NETWORK]), tuple(groups[STORAGE]), tuple(groups[FILESYSTEMS]),
+                    tuple(dict.fromkeys(aliases)))

@@ -229,6 +229,7 @@ class Method(enum.Enum):
     HTTP = "http"  # the HTTP sweep over servers named by DHCP, onie-server and neighbours
     TFTP = "tftp"  # TFTP with siaddr/option 66/option 150 and the boot file (67)
     WATERFALL = "waterfall"  # the TFTP waterfall: MAC folder, hex-IP folders, root names
+    IPV6 = "ipv6"  # DHCPv6 option 59 (RFC 5970), then HTTP on IPv6 link-local neighbours
 
 
 class AfterInstall(enum.Enum):
@@ -417,7 +418,7 @@ class Ipv6(Model):
     """IPv6: SLAAC and link-local neighbours for the HTTP sweep, DHCPv6 for option 59."""
 
     enabled: bool = True
-    dhcpv6: bool = True
+    dhcpv6: bool = False  # needs dhcpcd (Debian's dhcpcd-base, ~400 KB) in the image
     wait: Annotated[float, Field(ge=0, le=60)] = 3.0  # seconds for router advertisements and DAD
 
 

@@ -35,6 +35,7 @@ class Entry:
     source: Path | None = None
     target: str = ""
     rdev: tuple[int, int] = (0, 0)
+    secret: bool = False  # the manifest lists path and mode only (e.g. CHAP secrets)
 
     def content(self) -> bytes:
         """The bytes stored for this entry: file content or symlink target."""
@@ -103,12 +104,13 @@ class Tree:
         self._entries[path] = Entry(path, Kind.DIR, mode, origin)
 
     def add_file(self, path: str, *, origin: str, data: bytes | None = None,
-                 source: Path | None = None, mode: int = 0o644) -> None:
-        """Add a regular file from bytes or from a host file."""
+                 source: Path | None = None, mode: int = 0o644, secret: bool = False) -> None:
+        """Add a regular file from bytes or from a host file; a ``secret`` one's digest and
+        size stay out of the manifest."""
         if (data is None) == (source is None):
             raise ValueError("add_file needs exactly one of data and source")
         self._put(Entry(normalize(path), Kind.FILE, mode & 0o7777, origin, data=data,
-                        source=source))
+                        source=source, secret=secret))
 
     def add_symlink(self, path: str, target: str, *, origin: str) -> None:
         """Add a symbolic link pointing at ``target`` (stored as written)."""

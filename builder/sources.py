@@ -19,6 +19,7 @@ from builder.errors import BuildError
 from builder.lock import Lock, Pin, PlatformLock
 from builder.mirror import AptSource, find_host_sources, parse_mirror_option
 from builder.recipe import Component, Recipe, Source
+from builder.transports import implied_components
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,8 @@ class Resolver:
         out_lock = PlatformLock()
         kernel = self._resolve_kernel(out_lock)
         components = tuple(self._resolve_component(c, out_lock)
-                           for c in self.recipe.initramfs.components)
+                           for c in (*self.recipe.initramfs.components,
+                                     *implied_components(self.recipe)))
         pins = tuple(sorted(self._pins.values(), key=lambda p: p.name))
         return Resolution(kernel, components, out_lock, pins)
 

@@ -19,7 +19,8 @@ def boot(image: Path, log: Path) -> Console:
     manifest = json.loads((image / "manifest.json").read_text())
     require_qemu(manifest["arch"])
     argv = qemu_command(machine_for(manifest["arch"]), image / "vmlinuz", image / "initrd.img",
-                        manifest["kernel"]["cmdline"])
+                        # Rescue mode: discovery stays quiet while the test talks to the shell.
+                        manifest["kernel"]["cmdline"] + " boot_reason=rescue")
     return Console.start(argv, log_path=log)
 
 

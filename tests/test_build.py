@@ -24,7 +24,9 @@ def manifest(image: Path) -> dict:  # type: ignore[type-arg]
 def test_default_build_outputs(built: Callable[[str], Path]) -> None:
     image = built("qemu_x86_64")
     assert image.name == "x86_64-qemu_x86_64-r0"
-    assert sorted(p.name for p in image.iterdir()) == ["initrd.img", "manifest.json", "vmlinuz"]
+    assert sorted(p.name for p in image.iterdir()) == [
+        "initrd.img", "manifest.json", "netboot", "onie-recovery-x86_64-qemu_x86_64-r0.iso",
+        "onie-updater-x86_64-qemu_x86_64-r0", "uki", "vmlinuz"]  # images: docs/images.md
     assert (image / "initrd.img").read_bytes()[:6] == b"\xfd7zXZ\x00"
     doc = manifest(image)
     assert doc["platform"] == "x86_64-qemu_x86_64-r0"

@@ -275,3 +275,16 @@ def test_make_initramfs_cleans_up_when_the_write_fails(tmp_path: Path,
         make_initramfs(sample_tree(), out, MTIME, Compression.ZSTD)
     assert out.read_bytes() == b"previous build"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["initrd.zst"]
+
+
+def test_xz_x86_filter_is_recorded_in_the_stream(tmp_path: Path) -> None:
+    raw = b"\xe8\x00\x00\x00\x00" * 4096 + bytes(range(256)) * 64
+    plain, x86 = compress(raw, Compression.XZ), compress(raw, Compression.XZ, x86=True)
+    assert plain != x86
+    for blob in (plain, x86):
+        (tmp_path / "a.xz").write_bytes(blob)
+        listing = subprocess.run(["xz", "--robot", "-lvv", str(tmp_path / "a.xz")],
+                                 capture_output=True, text=True, check=True).stdout
+        assert "CRC32" in listing
+        assert ("--x86 " in listing) is (blob is x86)
+        assert lzma.decompress(blob) == raw

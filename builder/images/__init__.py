@@ -1,0 +1,87 @@
+"""Per-platform boot images: one module per format, registered here by ``ImageFormat``.
+
+The build calls ``make_images`` once the kernel and the initramfs are in the staging
+folder; each format's builder writes its files below that folder (so they are published
+atomically with the rest) and returns their paths relative to it, for the manifest.
+Builders read host tools through ``builder.process`` and take every time from
+``ImageContext.source_date_epoch``: two builds give identical bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from builder.recipe import Recipe
+
+
+class ImageFormat(enum.Enum):
+    """An output format; the order of the members is the order they are built in."""
+
+    NETBOOT = "netboot"  # kernel + initramfs + iPXE script + GRUB network config
+    FIT = "fit"  # u-boot FIT (.itb) + boot script, arm64
+    UKI = "uki"  # UEFI unified kernel image, x86_64
+    UPDATER = "updater"  # self-extracting installer of the environment onto a disk
+    ISO = "iso"  # hybrid ISO (CD and USB, BIOS and UEFI) with an embed entry, x86_64
+
+    @property
+    def arches(self) -> tuple[str, ...]:
+        """The architectures this format is built for."""
+        return {"fit": ("arm64",), "uki": ("x86_64",), "iso": ("x86_64",)}.get(
+            self.value, ("x86_64", "arm64"))
+
+
+@dataclass(frozen=True)
+class ImageContext:
+    """What every image builder gets besides the recipe and the staging folder."""
+
+    kernel: Path  # the kernel as published (staging/vmlinuz)
+    initramfs: Path  # the compressed initramfs (staging/initrd.img)
+    cmdline: str  # console + recipe command line, without boot_reason
+    kernel_release: str
+    os_release: str  # the environment's /etc/os-release, for the UKI's .osrel
+    source_date_epoch: int
+    kernel_roots: tuple[Path, ...] = ()  # the unpacked kernel packages, for their dtbs
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment for host tools: SOURCE_DATE_EPOCH for every timestamp they write."""
+        return {"SOURCE_DATE_EPOCH": str(self.source_date_epoch)}
+
+
+Builder = Callable[["Recipe", Path, ImageContext], list[str]]
+
+
+def builders() -> dict[ImageFormat, Builder]:
+    """The table: each format and the function that makes it."""
+    from builder.images import fit, iso, netboot, uki, updater
+
+    return {
+        ImageFormat.NETBOOT: netboot.make_netboot,
+        ImageFormat.FIT: fit.make_fit,
+        ImageFormat.UKI: uki.make_uki,
+        ImageFormat.UPDATER: updater.make_updater,
+        ImageFormat.ISO: iso.make_iso,
+    }
+
+
+def image_inputs(recipe: Recipe) -> list[Path]:
+    """The recipe's files that images read (keys, device trees), for no-op rebuild checks."""
+    images = recipe.images
+    paths = (images.fit.key, images.fit.dtb, images.uki.secureboot_key,
+             images.uki.secureboot_cert, images.updater.key)
+    return [p for p in paths if p is not None]
+
+
+def make_images(recipe: Recipe, staging: Path, context: ImageContext) -> list[str]:
+    """Build every format the recipe asks for into ``staging``; return the files written."""
+    table = builders()
+    written: list[str] = []
+    for fmt in ImageFormat:  # dependency order: the ISO reuses the updater
+        if fmt in recipe.images.formats:
+            written.extend(table[fmt](recipe, staging, context))
+    return written

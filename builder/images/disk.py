@@ -1,0 +1,101 @@
+"""The environment's disk layout: a GPT region at the start of the switch's disk, built as pieces.
+
+The region holds the partitions the environment owns (ONIE's layout: a BIOS boot partition
+and an EFI system partition on x86_64, then ONIE-BOOT); a NOS adds its own partitions after
+it. The GPT is written by sfdisk into a sparse file the size of the region, with disk and
+partition GUIDs derived from the platform string, so it is the same on every build. Its
+backup header sits at the end of the region, not of the disk; Linux, GRUB, OVMF and u-boot
+accept that, and a NOS installer moves it to the end (`sfdisk --relocate gpt-bak-std`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.process import find_tool, run
+
+SECTOR = 512
+MIB = 2048  # sectors
+GPT_TAIL = 33  # sectors: the backup partition entries (32) and header (1)
+
+BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
+EFI_SYSTEM = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+ONIE_BOOT = "7412F7D5-A156-4B13-81DC-867174929325"  # ONIE's type GUID for ONIE-BOOT
+ESP_MIB = 32
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition of the region: GPT name, type GUID, start and size in sectors."""
+
+    name: str
+    type_guid: str
+    start: int
+    size: int
+    attrs: str = ""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The region: its partitions and its total size in sectors (backup GPT included)."""
+
+    partitions: tuple[Partition, ...]
+    sectors: int
+
+    def find(self, name: str) -> Partition:
+        """The partition called ``name``."""
+        return next(p for p in self.partitions if p.name == name)
+
+    def has(self, name: str) -> bool:
+        """True when the layout has a partition called ``name``."""
+        return any(p.name == name for p in self.partitions)
+
+
+def make_layout(arch: str, boot_mib: int) -> Layout:
+    """x86_64: BIOS boot, EFI System, ONIE-BOOT; arm64: ONIE-BOOT only (u-boot reads it)."""
+    parts: list[Partition] = []
+    start = MIB
+    if arch == "x86_64":
+        parts.append(Partition("BIOS boot", BIOS_BOOT, start, MIB))
+        parts.append(Partition("EFI System", EFI_SYSTEM, 2 * MIB, ESP_MIB * MIB))
+        start = (2 + ESP_MIB) * MIB
+    # u-boot's distro boot scans the partitions marked bootable (legacy BIOS bootable in GPT).
+    attrs = "LegacyBIOSBootable" if arch == "arm64" else ""
+    parts.append(Partition("ONIE-BOOT", ONIE_BOOT, start, boot_mib * MIB, attrs))
+    end = start + boot_mib * MIB
+    return Layout(tuple(parts), end + MIB)
+
+
+def guid(platform: str, what: str) -> str:
+    """A GUID derived from the platform string (reproducible, distinct per platform and use)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"onie-builder:{platform}:{what}")).upper()
+
+
+def render_sfdisk(layout: Layout, platform: str) -> str:
+    """The sfdisk script for the region's GPT."""
+    lines = ["label: gpt", f"label-id: {guid(platform, 'disk')}", "unit: sectors",
+             f"first-lba: {MIB}", f"last-lba: {layout.sectors - GPT_TAIL - 1}"]
+    for p in layout.partitions:
+        attrs = f', attrs="{p.attrs}"' if p.attrs else ""
+        lines.append(f"start={p.start}, size={p.size}, type={p.type_guid}, "
+                     f"uuid={guid(platform, p.name)}, name=\"{p.name}\"{attrs}")
+    return "\n".join(lines) + "\n"
+
+
+def make_gpt(layout: Layout, platform: str, work: Path) -> tuple[bytes, bytes]:
+    """Partition a sparse region-sized file; return its first MiB and its backup GPT."""
+    sfdisk = find_tool("sfdisk", "to partition disk images (Debian package fdisk)")
+    image = work / "region.img"
+    image.unlink(missing_ok=True)
+    with image.open("wb") as f:
+        f.truncate(layout.sectors * SECTOR)
+    run([sfdisk, "--quiet", "--no-reread", "--no-tell-kernel", image],
+        input=render_sfdisk(layout, platform).encode())
+    with image.open("rb") as f:
+        head = f.read(MIB * SECTOR)
+        f.seek((layout.sectors - GPT_TAIL) * SECTOR)
+        tail = f.read(GPT_TAIL * SECTOR)
+    image.unlink()
+    return head, tail

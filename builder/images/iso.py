@@ -1,0 +1,94 @@
+"""The hybrid ISO recovery image: boots as a CD and as a disk (written with dd), under BIOS and UEFI.
+
+ISO 9660 with El Torito entries for GRUB's BIOS core image and for an EFI system image,
+GRUB's hybrid MBR and a GPT/MBR partition exposing the EFI image (xorriso, as grub-mkrescue
+does it, but with only the GRUB modules the menu needs built into the core images). The menu
+offers install (default), rescue and embed; embed loads a second initramfs holding the
+updater, which ``onie-embed`` runs to install the environment onto the switch's disk.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import tempfile
+from pathlib import Path
+
+from builder.cpio import render_cpio
+from builder.images import ImageContext
+from builder.images.fat import make_vfat
+from builder.images.grub import find_grub_dir, make_core, render_marker_config, render_menu
+from builder.images.updater import make_updater_file, updater_name
+from builder.process import find_tool, run
+from builder.recipe import Recipe
+from builder.rootfs import Tree
+
+WHY = "to build ISO images"
+EMBED_PATH = "/onie-updater"  # where the embed entry's extra initramfs puts the updater
+
+
+def iso_name(recipe: Recipe) -> str:
+    """ONIE's name for the recovery image: ``onie-recovery-<platform>.iso``."""
+    return f"onie-recovery-{recipe.platform_string}.iso"
+
+
+def volume_id(recipe: Recipe) -> str:
+    """The ISO volume id: ISO 9660 d-characters, at most 32."""
+    return ("ONIE_" + recipe.platform_string.upper().replace("-", "_"))[:32]
+
+
+def make_iso(recipe: Recipe, staging: Path, context: ImageContext) -> list[str]:
+    """Write ``onie-recovery-<platform>.iso``."""
+    xorriso = find_tool("xorriso", f"{WHY} (Debian package xorriso)")
+    hybrid_mbr = find_grub_dir("i386-pc", WHY) / "boot_hybrid.img"
+    out = staging / iso_name(recipe)
+    with tempfile.TemporaryDirectory(prefix="iso-") as tmp:
+        root = Path(tmp) / "root"
+        boot = root / "boot"
+        (boot / "grub").mkdir(parents=True)
+        lay_out_files(recipe, staging, context, root, Path(tmp))
+        date = datetime.datetime.fromtimestamp(context.source_date_epoch, datetime.UTC)
+        out.unlink(missing_ok=True)
+        run([xorriso, "-as", "mkisofs", "-o", out, "-R", "-V", volume_id(recipe),
+             f"--modification-date={date:%Y%m%d%H%M%S}00",
+             "--set_all_file_dates", f"{date:%Y%m%d%H%M%S}00",
+             "-b", "boot/grub/bios.img", "-no-emul-boot", "-boot-load-size", "4",
+             "-boot-info-table", "--grub2-boot-info", "--grub2-mbr", hybrid_mbr,
+             "--efi-boot", "boot/grub/efi.img", "-efi-boot-part", "--efi-boot-image",
+             "--protective-msdos-label", root], env=context.env)
+    return [out.name]
+
+
+def lay_out_files(recipe: Recipe, staging: Path, context: ImageContext, root: Path,
+                  work: Path) -> None:
+    """The ISO's tree: GRUB for BIOS and UEFI, the menu, kernel, initramfs, embed archive."""
+    grub = root / "boot" / "grub"
+    marker = f"/boot/onie-{recipe.platform_string}.id"
+    (root / marker.lstrip("/")).write_text(f"{recipe.platform_string} {recipe.version}\n")
+    early = render_marker_config(marker, "/boot/grub")
+    make_core("i386-pc-eltorito", "i386-pc", grub / "bios.img", early, "/boot/grub", WHY)
+    efi = make_core("x86_64-efi", "x86_64-efi", work / "BOOTX64.EFI", early, "/boot/grub", WHY)
+    make_vfat(grub / "efi.img", {"EFI/BOOT/BOOTX64.EFI": efi}, "ONIE_EFI",
+              f"{recipe.platform_string}:iso-efi", context.source_date_epoch)
+    shutil.copyfile(context.kernel, root / "boot" / "vmlinuz")
+    shutil.copyfile(context.initramfs, root / "boot" / "initrd.img")
+    (root / "boot" / "embed.cpio").write_bytes(make_embed_archive(recipe, staging, context, work))
+    menu = render_menu(recipe, {"medium": "ISO", "kernel": "/boot/vmlinuz", "entries": [
+        {"title": f"ONIE: {title}", "initrds": initrds,
+         "cmdline": [*context.cmdline.split(), f"boot_reason={mode}"]}
+        for title, mode, initrds in (
+            ("Install OS", "install", ["/boot/initrd.img"]),
+            ("Rescue", "rescue", ["/boot/initrd.img"]),
+            ("Embed ONIE (install it onto this switch's disk)", "embed",
+             ["/boot/initrd.img", "/boot/embed.cpio"]))]})
+    (grub / "grub.cfg").write_text(menu)
+
+
+def make_embed_archive(recipe: Recipe, staging: Path, context: ImageContext, work: Path) -> bytes:
+    """An uncompressed cpio with the updater at /onie-updater; GRUB loads it after the initrd."""
+    updater = staging / updater_name(recipe)
+    if not updater.is_file():  # the recipe does not publish an updater: make one for the ISO
+        updater = make_updater_file(recipe, context, work / updater_name(recipe))
+    tree = Tree()
+    tree.add_file(EMBED_PATH, source=updater, mode=0o755, origin="updater")
+    return render_cpio(tree, context.source_date_epoch)

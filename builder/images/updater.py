@@ -1,0 +1,180 @@
+"""The updater: a self-extracting shell script that lays the environment out on a switch's disk.
+
+Layout of the file: a script rendered from ``updater.sh.j2`` (it carries ONIE's
+``ONIE-UPDATER-COOKIE``), then a tar.gz payload at the byte offset the script names, checked
+against its sha256 before use. The payload holds the disk region's pieces (builder.images.disk):
+the first MiB (protective MBR with GRUB's boot code, primary GPT), the backup GPT, and one
+file system image per partition; the script writes them with ``dd`` (no partitioning tool, no
+grub-install and no mounting on the switch). When the recipe names a key, the file is then
+signed in the signed-installer format (builder.signing) as an "updater" image; the script
+reads only its own bytes, so the appended signature block does not disturb it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder import __version__
+from builder.errors import BuildError
+from builder.images import ImageContext, fit
+from builder.images.disk import MIB, SECTOR, Layout, make_gpt, make_layout
+from builder.images.fat import make_vfat
+from builder.images.grub import (
+    make_boot_code,
+    make_core,
+    place_core,
+    render_early_config,
+    render_menu,
+)
+from builder.recipe import Recipe
+from builder.render import make_environment, render_template
+
+BOOT_LABEL = "ONIE-BOOT"
+WHY = "to build the updater's boot loaders"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A payload file written at a partition's first sector."""
+
+    name: str  # the GPT partition name
+    file: str  # the file in the payload
+    start: int  # sectors
+    data: bytes
+
+
+def updater_name(recipe: Recipe) -> str:
+    """ONIE's name for the updater: ``onie-updater-<platform>``."""
+    return f"onie-updater-{recipe.platform_string}"
+
+
+def make_updater(recipe: Recipe, staging: Path, context: ImageContext) -> list[str]:
+    """Write ``onie-updater-<platform>`` (signed when the recipe gives a key)."""
+    out = staging / updater_name(recipe)
+    key = recipe.images.updater.key
+    if key is None:
+        make_updater_file(recipe, context, out)
+        return [out.name]
+    with tempfile.TemporaryDirectory(prefix="updater-") as tmp:
+        unsigned = make_updater_file(recipe, context, Path(tmp) / out.name)
+        sign_updater(recipe, context, unsigned, out, key)
+    return [out.name]
+
+
+def sign_updater(recipe: Recipe, context: ImageContext, src: Path, dest: Path, key: Path) -> None:
+    """Sign as an "updater" image for this platform; the version is SOURCE_DATE_EPOCH."""
+    from builder.keys import load_private_key
+    from builder.signers import KeySigner
+    from builder.signing import ImageType, sign_installer
+
+    if not key.is_file():
+        raise BuildError(f"images.updater.key: {key}: no such file")
+    sign_installer(src, dest, KeySigner(load_private_key(key)), image=ImageType.UPDATER,
+                   version=context.source_date_epoch, platforms=(recipe.platform_string,))
+
+
+def make_updater_file(recipe: Recipe, context: ImageContext, out: Path) -> Path:
+    """The unsigned self-extracting updater."""
+    layout = make_layout(recipe.platform.arch.value, recipe.images.boot_size_mib)
+    with tempfile.TemporaryDirectory(prefix="updater-") as tmp:
+        work = Path(tmp)
+        head, tail = make_gpt(layout, recipe.platform_string, work)
+        if recipe.platform.arch.value == "x86_64":
+            head, pieces = make_x86_pieces(recipe, context, layout, head, work)
+        else:
+            pieces = make_arm64_pieces(recipe, context, layout, work)
+    files = {"head.img": head, "tail.img": tail, **{p.file: p.data for p in pieces}}
+    payload = make_payload(files, context.source_date_epoch)
+    script = render_script(recipe, layout, pieces, payload)
+    out.write_bytes(script + payload)
+    out.chmod(0o755)
+    return out
+
+
+def make_x86_pieces(recipe: Recipe, context: ImageContext, layout: Layout, head: bytes,
+                    work: Path) -> tuple[bytes, list[Piece]]:
+    """GRUB for BIOS (boot code + core image) and UEFI (ESP), and ONIE-BOOT with the menu."""
+    early = render_early_config(BOOT_LABEL)
+    bios = layout.find("BIOS boot")
+    core = make_core("i386-pc", "i386-pc", work / "core.img", early, "/grub", WHY).read_bytes()
+    if len(core) > bios.size * SECTOR:
+        raise BuildError(f"the GRUB core image ({len(core)} bytes) does not fit the BIOS boot partition")
+    code = make_boot_code(bios.start)
+    head = code + head[len(code):]
+    efi = make_core("x86_64-efi", "x86_64-efi", work / "BOOTX64.EFI", early, "/grub", WHY)
+    esp = layout.find("EFI System")
+    esp_image = make_vfat(work / "esp.img", {"EFI/BOOT/BOOTX64.EFI": efi}, "EFI",
+                          f"{recipe.platform_string}:esp", context.source_date_epoch)
+    menu = render_menu(recipe, {
+        "medium": "disk", "kernel": "/onie/vmlinuz",
+        "entries": disk_entries(context, "/onie/initrd.img")})
+    files: dict[str, Path | bytes] = {"grub/grub.cfg": menu.encode(), "onie/vmlinuz": context.kernel,
+                                      "onie/initrd.img": context.initramfs}
+    return head, [Piece(bios.name, "bios.img", bios.start, place_core(core, bios.start)),
+                  Piece(esp.name, "esp.img", esp.start, esp_image.read_bytes()),
+                  make_boot_piece(recipe, context, layout, files, work)]
+
+
+def make_arm64_pieces(recipe: Recipe, context: ImageContext, layout: Layout,
+                      work: Path) -> list[Piece]:
+    """ONIE-BOOT with the FIT and the u-boot script that distro boot finds on it."""
+    itb = fit.make_fit_image(recipe, context, work / fit.FIT_NAME)
+    script = fit.make_boot_script(recipe, context, work / fit.SCRIPT_NAME)
+    files: dict[str, Path | bytes] = {fit.FIT_NAME: itb, fit.SCRIPT_NAME: script}
+    return [make_boot_piece(recipe, context, layout, files, work)]
+
+
+def make_boot_piece(recipe: Recipe, context: ImageContext, layout: Layout,
+                    files: dict[str, Path | bytes], work: Path) -> Piece:
+    """The ONIE-BOOT file system image, checked against its partition's size."""
+    part = layout.find(BOOT_LABEL)
+    files["onie/version"] = f"{recipe.platform_string} {recipe.version}\n".encode()
+    image = make_vfat(work / "onie-boot.img", files, BOOT_LABEL,
+                      f"{recipe.platform_string}:boot", context.source_date_epoch)
+    size = image.stat().st_size
+    if size > part.size * SECTOR:
+        raise BuildError(f"images.boot_size_mib: ONIE-BOOT needs {-(-size // (MIB * SECTOR))} MiB, "
+                         f"got {recipe.images.boot_size_mib}")
+    return Piece(part.name, "onie-boot.img", part.start, image.read_bytes())
+
+
+def disk_entries(context: ImageContext, initrd: str) -> list[dict[str, object]]:
+    """The GRUB menu of an installed disk: install (default), rescue, update."""
+    return [{"title": f"ONIE: {title}", "initrds": [initrd],
+             "cmdline": [*context.cmdline.split(), f"boot_reason={mode}"]}
+            for title, mode in (("Install OS", "install"), ("Rescue", "rescue"),
+                                ("Update ONIE", "update"))]
+
+
+def make_payload(files: dict[str, bytes], epoch: int) -> bytes:
+    """A deterministic tar.gz: sorted names, owner 0:0, every time ``epoch``."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size = len(files[name])
+            info.mtime = epoch
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(files[name]))
+    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+
+
+def render_script(recipe: Recipe, layout: Layout, pieces: list[Piece], payload: bytes) -> bytes:
+    """The script with the payload's offset (its own length), size and sha256 filled in."""
+    env = make_environment(recipe.templates)
+    values = {"platform": recipe.platform, "version": recipe.version,
+              "builder_version": __version__, "layout": layout, "pieces": pieces,
+              "boot_code": recipe.platform.arch.value == "x86_64",
+              "payload_size": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
+    offset = 0
+    while True:  # the offset is the script's own length: a fixed point in a step or two
+        script = render_template(env, "updater.sh.j2", {**values, "offset": offset}).encode()
+        if len(script) == offset:
+            return script
+        offset = len(script)

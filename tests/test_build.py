@@ -134,13 +134,13 @@ def test_failed_build_keeps_previous_output(tmp_path: Path, cache_env: dict[str,
     shutil.copytree(ROOT / "recipes", work / "recipes")
     out = work / "out" / "x86_64-qemu_x86_64-r0"
     run_cli("build", "qemu_x86_64", "--no-lock", cwd=work, env=cache_env)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     recipe = work / "recipes" / "platforms" / "qemu_x86_64.yaml"
     recipe.write_text(recipe.read_text() + "kernel:\n  modules+: [no_such_module]\n")
     proc = run_cli("build", "qemu_x86_64", "--no-lock", cwd=work, env=cache_env, check=False)
     assert proc.returncode == 1
     assert "unknown kernel module 'no_such_module'" in proc.stderr
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(os.listdir(work / "out")) == [".stamps", "x86_64-qemu_x86_64-r0"]
 
 

@@ -173,7 +173,11 @@ def check_resume(server: Running) -> None:
     assert body + rest.content == installer_bytes("default", BIG)
     device = device_state(server, "SN-RESUME")
     assert device["downloads"] == 1  # only the resumed part reached the end
-    assert BIG <= device["bytes_sent"] < 2 * BIG and device["installer"] == "default.bin"  # type: ignore[operator]
+    # The dropped transfer counts what the server wrote before the client vanished, which can be
+    # a little less than the client received (the last write fails); the resumed rest is whole.
+    resumed = BIG - len(body)
+    assert resumed < device["bytes_sent"] < 2 * BIG  # type: ignore[operator]
+    assert device["installer"] == "default.bin"
     assert device["phase"] == "downloaded" and device["platform"] == "x86_64-qemu_x86_64-r0"
 
 

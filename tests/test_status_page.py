@@ -50,20 +50,23 @@ def post(server: Running, body: bytes) -> None:
 
 
 def test_a_posted_status_appears_live(browser: Any, tmp_path: Path) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     with running(write_site(tmp_path), tmp_path) as server:
         browser.get(server.url("/"))
-        wait = WebDriverWait(browser, 20, poll_frequency=0.2)
+        # The page re-renders rows on each live update: a row found a moment ago may be gone.
+        wait = WebDriverWait(browser, 20, poll_frequency=0.2,
+                             ignored_exceptions=(StaleElementReferenceException,))
         wait.until(lambda d: d.find_element(By.ID, "site").text == "test-factory")
         assert browser.find_elements(By.CSS_SELECTOR, "tr[data-device]") == []
 
         hostile = "<img src=x onerror=document.title='owned'>"
         post(server, b"phase=install\nresult=running\nserial=SN-PAGE\nmac=52:54:00:aa:bb:cc\n"
                      b"platform=x86_64-qemu_x86_64-r0\nmessage=" + hostile.encode() + b"\n\nstep 1\n")
-        row = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, 'tr[data-device="SN-PAGE"]'))
-        cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        cells = wait.until(lambda d: [c.text for c in d.find_element(
+            By.CSS_SELECTOR, 'tr[data-device="SN-PAGE"]').find_elements(By.TAG_NAME, "td")])
         assert cells[0] == "rack1-leaf2"  # the site's name for this MAC
         assert cells[1:4] == ["SN-PAGE", "52:54:00:aa:bb:cc", "x86_64-qemu_x86_64-r0"]
         assert cells[7] == "install"
@@ -73,8 +76,8 @@ def test_a_posted_status_appears_live(browser: Any, tmp_path: Path) -> None:
         post(server, b"phase=done\nresult=ok\nserial=SN-PAGE\n\ninstalled\n")
         wait.until(lambda d: d.find_element(
             By.CSS_SELECTOR, 'tr[data-device="SN-PAGE"] td.state').text == "done")
-        row = browser.find_element(By.CSS_SELECTOR, 'tr[data-device="SN-PAGE"]')
-        assert "done" in row.get_attribute("class")
+        wait.until(lambda d: "done" in (d.find_element(
+            By.CSS_SELECTOR, 'tr[data-device="SN-PAGE"]').get_attribute("class") or ""))
         assert browser.find_element(By.ID, "summary").text == "done: 1"
         assert browser.title == "ONIE provisioning"
         browser.save_screenshot(str(tmp_path / "status-page.png"))

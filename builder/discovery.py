@@ -28,6 +28,9 @@ NETWORK_METHODS = frozenset({Method.DHCP_URL, Method.ISCSI, Method.HTTP, Method.
                              Method.WATERFALL})
 SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 WELL_KNOWN_SERVER = "onie-server"  # ONIE's default server name for the HTTP sweep
+# How long after the USB drivers load the local method still expects a stick to show up: the
+# hub driver debounces a port for 100 ms, then resets and addresses the device (docs/discovery.md).
+USB_SETTLE_MS = 1000
 # Where the script and its helpers live in the image, and what they read; tests render the
 # templates with other paths to run them on the host.
 PATHS = {
@@ -89,6 +92,7 @@ class Plan:
     after_install: AfterInstall
     insecure: bool
     server_name: str = WELL_KNOWN_SERVER
+    usb_settle_ms: int = USB_SETTLE_MS
 
     @property
     def uses_network(self) -> bool:
@@ -147,6 +151,7 @@ def make_plan(recipe: Recipe, kernel_release: str, builder_version: str) -> Plan
         transfer_timeout=t.transfer,
         tftp_timeout=t.tftp,
         local_wait_ms=round(t.local * 1000),
+        usb_settle_ms=min(USB_SETTLE_MS, round(t.local * 1000)),
         backoff_first_ms=round(d.backoff.first * 1000),
         backoff_limit_ms=round(d.backoff.limit * 1000),
         backoff_jitter_pct=round(d.backoff.jitter * 100),

@@ -9,6 +9,7 @@ import io
 import logging
 import lzma
 import os
+import re
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -321,34 +322,52 @@ def install_modules(tree: Tree, kernel_version: str, modules: list[Module], orig
 NETWORK, STORAGE, FILESYSTEMS = "network", "storage", "filesystems"
 LOAD_GROUP_FOLDERS = ((NETWORK, ("kernel/drivers/net/", "kernel/net/", "kernel/drivers/virtio/")),
                       (FILESYSTEMS, ("kernel/fs/",)))
-# Buses whose devices exist before any storage driver loads: a device there that matches a
-# storage driver's alias means a disk may appear, so discovery's local method waits for them.
+# Buses whose devices exist before their drivers load (the virtio bus once virtio_pci is in): a
+# module with aliases there is loaded early only when a device without a driver matches one.
 HOST_BUS_ALIASES = ("pci:", "of:", "platform:", "acpi", "virtio:", "amba:")
+SAFE_FS_TYPE_RE = re.compile(r"^[a-z0-9_]+$")  # written into the script as a plain word
+
+
+@dataclass(frozen=True)
+class LoadStep:
+    """One module /init loads, and its device aliases on host buses (modules.alias glob
+    patterns); with none, nothing says which hardware needs it, so it is always loaded early."""
+
+    module: str
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class LoadPlan:
-    """The modules /init loads, by group in the recipe's order, and the storage drivers'
-    device aliases on host buses (shell glob patterns, as modules.alias writes them)."""
+    """The modules /init loads, by group, each in the recipe's order."""
 
-    network: tuple[str, ...] = ()
-    storage: tuple[str, ...] = ()
-    filesystems: tuple[str, ...] = ()
-    storage_aliases: tuple[str, ...] = ()
+    network: tuple[LoadStep, ...] = ()
+    storage: tuple[LoadStep, ...] = ()
+    filesystems: tuple[LoadStep, ...] = ()
+    # The filesystem type each filesystem module registers (its first ``fs-`` alias), in order:
+    # ``mount -t TYPE`` makes the kernel load that module on demand.
+    filesystem_types: tuple[str, ...] = ()
+
+    @property
+    def storage_aliases(self) -> tuple[str, ...]:
+        """Every storage driver's host-bus aliases: a match means a disk may show up."""
+        return tuple(dict.fromkeys(a for step in self.storage for a in step.aliases))
 
 
 def make_load_plan(wanted: Sequence[str], modules: Sequence[Module]) -> LoadPlan:
     """Group ``wanted`` (the recipe's names) by when they are needed; a name whose file is not
     among ``modules`` counts as storage (loaded in the background)."""
     by_name = {m.name: m for m in modules}
-    groups: dict[str, list[str]] = {NETWORK: [], STORAGE: [], FILESYSTEMS: []}
-    aliases: list[str] = []
+    groups: dict[str, list[LoadStep]] = {NETWORK: [], STORAGE: [], FILESYSTEMS: []}
+    types: list[str] = []
     for name in dict.fromkeys(normalize_name(w) for w in wanted):
         module = by_name.get(name)
         path = module.relpath if module else ""
         group = next((g for g, folders in LOAD_GROUP_FOLDERS if path.startswith(folders)), STORAGE)
-        groups[group].append(name)
-        if group == STORAGE and module is not None:
-            aliases += [a for a in module.aliases if a.startswith(HOST_BUS_ALIASES)]
+        aliases = tuple(a for a in module.aliases if a.startswith(HOST_BUS_ALIASES)) if module else ()
+        groups[group].append(LoadStep(name, aliases))
+        fs = [a.removeprefix("fs-") for a in (module.aliases if module else ()) if a.startswith("fs-")]
+        if group == FILESYSTEMS and fs and SAFE_FS_TYPE_RE.match(fs[0]):
+            types.append(fs[0])
     return LoadPlan(tuple(groups[NETWORK]), tuple(groups[STORAGE]), tuple(groups[FILESYSTEMS]),
-                    tuple(dict.fromkeys(aliases)))
+                    tuple(dict.fromkeys(types)))

@@ -77,6 +77,8 @@ def test_plan_follows_onie() -> None:
     assert h.user_agent == f"onie/1.0 (Linux-{KERNEL}; onie-builder-0.1.0; 2026.11)"
     assert plan.after_install is AfterInstall.REBOOT and not plan.insecure
     assert plan.uses_network
+    # IPv6 (neighbour discovery, DHCPv6) waits seconds on an IPv4-only network: it comes last.
+    assert plan.methods[-1] is Method.IPV6
 
 
 def test_plan_takes_the_recipes_order_timeouts_and_backoff(tmp_path: Path) -> None:

@@ -18,11 +18,14 @@ import zstandard
 from builder.elf import parse_elf
 from builder.errors import BuildError
 from builder.kmod import (
+    LoadPlan,
+    LoadStep,
     Module,
     find_kernel_version,
     find_module_closure,
     index_modules,
     install_modules,
+    make_load_plan,
     render_modules_alias,
     render_modules_dep,
 )
@@ -365,3 +368,37 @@ def test_busybox_modprobe_resolves_our_files(debian_kernel: Path, tmp_path: Path
     assert modprobe("virtio_net") == ["failover.ko", "net_failover.ko", "virtio_ring.ko",
                                       "virtio.ko", "virtio_net.ko"]
     assert modprobe("pci:v00008086d0000100Esv00008086sd0000001Ebc02sc00i00") == ["e1000.ko"]
+
+
+def test_load_plan_groups_modules_by_when_init_needs_them() -> None:
+    """/init's module groups (init.j2): network drivers and the virtio bus first, filesystems
+    on their own, everything else (disks, USB, unknown names) as storage; only host-bus
+    aliases tell which hardware a module waits for; fs- aliases name the mount types."""
+    def module(name: str, relpath: str, *aliases: str) -> Module:
+        return Module(name, Path("/x") / relpath, relpath, (), (), aliases)
+
+    modules = [
+        module("e1000", "kernel/drivers/net/ethernet/intel/e1000/e1000.ko",
+               "pci:v00008086d0000100Esv*sd*bc*sc*i*"),
+        module("virtio_pci", "kernel/drivers/virtio/virtio_pci.ko", "pci:v00001AF4d*sv*sd*bc*sc*i*"),
+        module("virtio_net", "kernel/drivers/net/virtio_net.ko", "virtio:d00000001v*"),
+        module("xhci_pci", "kernel/drivers/usb/host/xhci-pci.ko", "pci:v*d*sv*sd*bc0Csc03i30*"),
+        module("usb_storage", "kernel/drivers/usb/storage/usb-storage.ko",
+               "usb:v*p*d*dc*dsc*dp*ic08isc06ip50in*"),
+        module("sd_mod", "kernel/drivers/scsi/sd_mod.ko", "scsi:t-0x00*", "block-major-8-*"),
+        module("vfat", "kernel/fs/fat/vfat.ko", "fs-vfat"),
+        module("nls_cp437", "kernel/fs/nls/nls_cp437.ko"),
+        module("ext4", "kernel/fs/ext4/ext4.ko", "fs-ext4", "ext3", "fs-ext3", "fs-ext2"),
+    ]
+    wanted = ["e1000", "virtio-pci", "virtio_net", "xhci_pci", "usb_storage", "sd_mod", "vfat",
+              "nls_cp437", "ext4", "not_installed"]
+    plan = make_load_plan(wanted, modules)
+    assert [s.module for s in plan.network] == ["e1000", "virtio_pci", "virtio_net"]
+    assert [s.module for s in plan.storage] == ["xhci_pci", "usb_storage", "sd_mod", "not_installed"]
+    assert [s.module for s in plan.filesystems] == ["vfat", "nls_cp437", "ext4"]
+    assert plan.network[2] == LoadStep("virtio_net", ("virtio:d00000001v*",))
+    # usb:, scsi: and block-major aliases name devices that appear only once a driver is in.
+    assert [s.aliases for s in plan.storage] == [("pci:v*d*sv*sd*bc0Csc03i30*",), (), (), ()]
+    assert plan.storage_aliases == ("pci:v*d*sv*sd*bc0Csc03i30*",)
+    assert plan.filesystem_types == ("vfat", "ext4")
+    assert make_load_plan([], modules) == LoadPlan()

@@ -10,12 +10,13 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from builder import __version__, transports
 from builder.cache import Cache, sha256_file, write_atomic
-from builder.cpio import Compression, compress, render_cpio
+from builder.cpio import Compression, WrittenLayer, compress, layer_of, make_initramfs
 from builder.images import ImageContext, image_inputs, make_images
 from builder.initramfs import Context, make_tree
 from builder.lock import Lock
@@ -48,6 +49,7 @@ class BuildOptions:
     lock_path: Path | None = None
     mirror: str | None = None
     force: bool = False
+    images: bool = True  # False: the kernel and initramfs only, not the recipe's images.formats
 
 
 def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptions,
@@ -69,14 +71,15 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
     tree = make_tree(Context(recipe, resolution, options.source_date_epoch))
     staging = make_staging(options.out_dir, platform)
     try:
-        outputs = write_outputs(staging, recipe, resolution, tree, options, cache, step)
-        outputs.update(write_images(staging, recipe, resolution, tree, options, step))
-        manifest = render_manifest(recipe, recipe_files, resolution, tree, outputs, options)
+        outputs, layers = write_outputs(staging, recipe, resolution, tree, options, cache, step)
+        if options.images:
+            outputs.update(write_images(staging, recipe, resolution, tree, options, step))
+        manifest = render_manifest(recipe, recipe_files, resolution, tree, outputs, layers, options)
         write_atomic(staging / MANIFEST, manifest.encode())
         outputs[MANIFEST] = {"sha256": hashlib.sha256(manifest.encode()).hexdigest(),
                              "size": len(manifest.encode())}
         publish(staging, final)
-        record = {"platform": platform, "epoch": options.source_date_epoch,
+        record = {"platform": platform, "epoch": options.source_date_epoch, "images": options.images,
                   "lock": str(options.lock_path.resolve()) if options.lock_path else None,
                   "resolution": digest, "files": files, "outputs": outputs}
         write_atomic(stamp, json.dumps(record, sort_keys=True).encode())
@@ -96,18 +99,21 @@ def make_staging(out_dir: Path, platform: str) -> Path:
 
 
 def write_outputs(staging: Path, recipe: Recipe, resolution: Resolution, tree: Tree,
-                  options: BuildOptions, cache: Cache, step: Step) -> dict[str, dict[str, Any]]:
-    """Write the kernel and the compressed initramfs; return their digests and sizes."""
+                  options: BuildOptions, cache: Cache,
+                  step: Step) -> tuple[dict[str, dict[str, Any]], list[WrittenLayer]]:
+    """Write the kernel and the compressed initramfs; return their digests and sizes, and
+    where each initramfs layer sits."""
     shutil.copyfile(resolution.kernel.image, staging / KERNEL)
     compression = recipe.initramfs.compression
     step(f"{recipe.platform_string}: writing the initramfs ({len(tree)} entries, "
          f"{compression.value})")
-    archive = render_cpio(tree, options.source_date_epoch)
-    level = recipe.initramfs.compression_level
-    x86 = recipe.platform.arch is Arch.X86_64
-    (staging / INITRAMFS).write_bytes(compressed(archive, compression, level, x86, cache))
-    return {name: {"sha256": sha256_file(staging / name), "size": (staging / name).stat().st_size}
-            for name in (KERNEL, INITRAMFS)}
+    layers = make_initramfs(tree, staging / INITRAMFS, options.source_date_epoch, compression,
+                            recipe.initramfs.compression_level,
+                            x86=recipe.platform.arch is Arch.X86_64,
+                            compressor=partial(compressed, cache=cache), jobs=os.cpu_count() or 1)
+    files = {name: {"sha256": sha256_file(staging / name), "size": (staging / name).stat().st_size}
+             for name in (KERNEL, INITRAMFS)}
+    return files, layers
 
 
 def write_images(staging: Path, recipe: Recipe, resolution: Resolution, tree: Tree,
@@ -125,16 +131,17 @@ def write_images(staging: Path, recipe: Recipe, resolution: Resolution, tree: Tr
         source_date_epoch=options.source_date_epoch,
         kernel_roots=tuple(p.root for p in kernel.packages))
     return {name: {"sha256": sha256_file(staging / name), "size": (staging / name).stat().st_size}
-            for name in make_images(recipe, staging, context)}
+            for name in make_images(recipe, staging, context, jobs=os.cpu_count() or 1)}
 
 
 # Bumped whenever compress() changes its output for the same settings.
-COMPRESSOR_REVISION = 2
+COMPRESSOR_REVISION = 3
 
 
 def compressed(archive: bytes, compression: Compression, level: int | None, x86: bool,
                cache: Cache) -> bytes:
-    """Compress through the cache: the same archive is compressed once (warm builds stay fast)."""
+    """Compress through the cache: an archive (a layer) already compressed with the same
+    settings is reused, so a build compresses only the layers that changed."""
     digest = hashlib.sha256(archive).hexdigest()
     settings = f"{compression.value}-{level}-{'x86' if x86 else 'any'}-r{COMPRESSOR_REVISION}"
     key = cache.root / "derived" / f"{digest}.{settings}"
@@ -186,7 +193,8 @@ def find_previous(stamp: Path, options: BuildOptions, digest: str) -> dict[str, 
     """The last build's record when its inputs, resolution and outputs are all unchanged."""
     record = read_stamp(stamp)
     if (options.force or record is None or record.get("resolution") != digest
-            or record.get("epoch") != options.source_date_epoch):
+            or record.get("epoch") != options.source_date_epoch
+            or record.get("images") != options.images):
         return None
     final = options.out_dir / record.get("platform", "")
     if not unchanged(record.get("files", {})) or not outputs_present(final, record["outputs"]):
@@ -195,7 +203,7 @@ def find_previous(stamp: Path, options: BuildOptions, digest: str) -> dict[str, 
 
 
 def render_manifest(recipe: Recipe, recipe_files: list[Path], resolution: Resolution,
-                    tree: Tree, outputs: dict[str, dict[str, Any]],
+                    tree: Tree, outputs: dict[str, dict[str, Any]], layers: list[WrittenLayer],
                     options: BuildOptions) -> str:
     """The manifest: outputs, components with source/version/sha256, and every initramfs file."""
     components = [{"name": pin.name, "source": "debian", "version": pin.version,
@@ -204,7 +212,7 @@ def render_manifest(recipe: Recipe, recipe_files: list[Path], resolution: Resolu
     components += [{"name": item.key, "source": item.key.split(":", 1)[0], "version": "",
                     "sha256": item.sha256} for item in resolution.components if item.file]
     files = [{"path": e.path, "type": e.kind.name.lower(), "mode": f"{e.mode:04o}",
-              "origin": e.origin,
+              "origin": e.origin, "layer": layer_of(e).value,
               # A secret file (CHAP secrets) is listed without its digest or size.
               **({"sha256": e.sha256(), "size": len(e.content())}
                  if e.kind is Kind.FILE and not e.secret else {}),
@@ -222,7 +230,10 @@ def render_manifest(recipe: Recipe, recipe_files: list[Path], resolution: Resolu
         "kernel": {"release": resolution.kernel.release, "cmdline": kernel_cmdline(recipe)},
         "outputs": outputs,
         "components": components,
-        "initramfs": {"compression": recipe.initramfs.compression.value, "files": files},
+        "initramfs": {"compression": recipe.initramfs.compression.value, "files": files,
+                      "layers": [{"layer": w.layer.value, "offset": w.offset, "size": w.size,
+                                  "sha256": w.sha256, "archive_sha256": w.archive_sha256,
+                                  "entries": w.entries} for w in layers]},
         "trust": describe_trust(load_trust(recipe.trust, options.source_date_epoch)),
     }
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"

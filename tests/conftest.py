@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -101,12 +102,22 @@ def built(tmp_path_factory: pytest.TempPathFactory,
 
 
 def unpack_initramfs(image: Path, dest: Path) -> Path:
-    """Extract out/<platform>/initrd.img with the host's xz and GNU cpio (an independent reader)."""
+    """Extract out/<platform>/initrd.img with the host's decompressors and GNU cpio (independent
+    readers): layer by layer, at the offsets the manifest gives, which must tile the file."""
     dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["xz", "-dc", str(image / "initrd.img")], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], input=archive,
-                   cwd=dest, check=True, capture_output=True)
+    blob = (image / "initrd.img").read_bytes()
+    initramfs = json.loads((image / "manifest.json").read_text())["initramfs"]
+    layers = initramfs["layers"]
+    assert [layer["offset"] for layer in layers] == [0, *itertools.accumulate(
+        layer["size"] for layer in layers[:-1])]
+    assert sum(layer["size"] for layer in layers) == len(blob)
+    tool = {"xz": ["xz", "-dc"], "gzip": ["gzip", "-dc"], "zstd": ["zstd", "-dc"],
+            "none": ["cat"]}[initramfs["compression"]]
+    for layer in layers:
+        part = blob[layer["offset"]:layer["offset"] + layer["size"]]
+        archive = subprocess.run(tool, input=part, check=True, capture_output=True).stdout
+        subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], input=archive,
+                       cwd=dest, check=True, capture_output=True)
     return dest
 
 

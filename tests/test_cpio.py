@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from builder.cpio import Compression, compress, make_initramfs, render_cpio
+from builder.cpio import Compression, Layer, compress, make_initramfs, render_cpio, render_layers
 from builder.errors import BuildError
 from builder.rootfs import Kind, Tree
 
@@ -236,13 +236,89 @@ def test_bad_level_is_refused(compression: Compression, level: int, message: str
     assert info.value.message == message
 
 
-def test_make_initramfs_writes_atomically(tmp_path: Path) -> None:
-    out = tmp_path / "initrd.xz"
-    digest = make_initramfs(sample_tree(), out, MTIME, Compression.XZ)
-    assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
-    assert lzma.decompress(out.read_bytes()) == render_cpio(sample_tree(), MTIME)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["initrd.xz"]
+def layered_tree() -> Tree:
+    """A tree with an entry for each layer: recipe files, a component's program, a module."""
+    tree = sample_tree()
+    tree.add_file("/usr/bin/openssl", data=b"\x7fELF" + bytes(range(256)) * 8, mode=0o755,
+                  origin="debian:openssl=3.0.22-1")
+    tree.add_file("/lib/modules/6.1.0-1-amd64/kernel/fs/ext4/ext4.ko", data=b"\x7fELF module",
+                  origin="debian:linux-image-6.1.0-1-amd64=6.1.1-1")
+    tree.add_file("/lib/modules/6.1.0-1-amd64/modules.dep", data=b"kernel/fs/ext4/ext4.ko:\n",
+                  origin="debian:linux-image-6.1.0-1-amd64=6.1.1-1")
+    tree.add_file("/usr/share/keys/k.pub", data=b"key", origin="trust:k.pub")
+    return tree
+
+
+def test_layers_split_by_origin_with_folders_first() -> None:
+    segments = render_layers(layered_tree(), MTIME)
+    assert [s.layer for s in segments] == [Layer.FILES, Layer.PROGRAMS, Layer.MODULES]
+    names = {s.layer: [m[0] for m in parse_newc(s.archive)] for s in segments}
+    assert names[Layer.PROGRAMS] == ["usr/bin/openssl", "TRAILER!!!"]
+    assert names[Layer.MODULES] == ["lib/modules/6.1.0-1-amd64/kernel/fs/ext4/ext4.ko",
+                                    "lib/modules/6.1.0-1-amd64/modules.dep", "TRAILER!!!"]
+    # Every folder, link and device is in the first layer, before any file that needs it.
+    assert "lib/modules/6.1.0-1-amd64/kernel/fs/ext4" in names[Layer.FILES]
+    assert {"bin/sh", "dev/console", "usr/share/keys/k.pub", "etc/motd"} <= set(names[Layer.FILES])
+    assert [s.entries for s in segments] == [len(names[s.layer]) - 1 for s in segments]
+
+
+def test_a_layer_does_not_change_when_another_does() -> None:
+    before = {s.layer: s.archive for s in render_layers(layered_tree(), MTIME)}
+    tree = layered_tree()
+    tree.add_file("/etc/aaa-first-by-name", data=b"new", origin="template:extra.j2")
+    after = {s.layer: s.archive for s in render_layers(tree, MTIME)}
+    assert after[Layer.FILES] != before[Layer.FILES]
+    assert after[Layer.PROGRAMS] == before[Layer.PROGRAMS]
+    assert after[Layer.MODULES] == before[Layer.MODULES]
+
+
+def test_inode_numbers_are_unique_across_layers() -> None:
+    inodes = [m[1][0] for s in render_layers(layered_tree(), MTIME)
+              for m in parse_newc(s.archive) if m[0] != "TRAILER!!!"]
+    assert len(inodes) == len(set(inodes)) == len(layered_tree())
+
+
+def test_layers_read_back_by_gnu_cpio_give_the_whole_tree(tmp_path: Path) -> None:
+    need("cpio")
+    whole = tool("cpio", "-itvn", "--quiet", data=render_cpio(layered_tree(), MTIME)).splitlines()
+    parts = [line for s in render_layers(layered_tree(), MTIME)
+             for line in tool("cpio", "-itvn", "--quiet", data=s.archive).splitlines()]
+    assert sorted(parts) == sorted(whole)
+
+
+@pytest.mark.parametrize("compression", list(Compression))
+def test_make_initramfs_writes_layers_each_compressed(tmp_path: Path,
+                                                      compression: Compression) -> None:
+    out = tmp_path / "initrd.img"
+    layers = make_initramfs(layered_tree(), out, MTIME, compression, x86=True, jobs=2)
+    blob = out.read_bytes()
+    assert [w.layer for w in layers] == [Layer.FILES, Layer.PROGRAMS, Layer.MODULES]
+    assert layers[0].offset == 0 and layers[-1].offset + layers[-1].size == len(blob)
+    decompress = {Compression.XZ: lzma.decompress, Compression.GZIP: gzip.decompress,
+                  Compression.ZSTD: zstandard.ZstdDecompressor().decompress,
+                  Compression.NONE: bytes}[compression]
+    for w, segment in zip(layers, render_layers(layered_tree(), MTIME), strict=True):
+        part = blob[w.offset:w.offset + w.size]
+        assert w.offset + w.size <= len(blob) and w.sha256 == hashlib.sha256(part).hexdigest()
+        assert decompress(part) == segment.archive
+        assert w.archive_sha256 == hashlib.sha256(segment.archive).hexdigest()
+        assert w.entries == segment.entries
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["initrd.img"]
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+def test_only_the_programs_layer_gets_the_x86_filter(tmp_path: Path) -> None:
+    seen: list[tuple[bytes, bool]] = []
+
+    def record(data: bytes, compression: Compression, level: int | None, x86: bool) -> bytes:
+        seen.append((data, x86))
+        return compress(data, compression, level, x86=x86)
+
+    make_initramfs(layered_tree(), tmp_path / "i", MTIME, Compression.XZ, x86=True, compressor=record)
+    assert [x86 for _, x86 in seen] == [False, True, False]
+    seen.clear()
+    make_initramfs(layered_tree(), tmp_path / "i", MTIME, Compression.XZ, x86=False, compressor=record)
+    assert [x86 for _, x86 in seen] == [False, False, False]
 
 
 def test_make_initramfs_keeps_previous_file_on_failure(tmp_path: Path) -> None:

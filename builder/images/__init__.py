@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,11 +78,21 @@ def image_inputs(recipe: Recipe) -> list[Path]:
     return [p for p in paths if p is not None]
 
 
-def make_images(recipe: Recipe, staging: Path, context: ImageContext) -> list[str]:
-    """Build every format the recipe asks for into ``staging``; return the files written."""
+def make_images(recipe: Recipe, staging: Path, context: ImageContext, jobs: int = 1) -> list[str]:
+    """Build every format the recipe asks for into ``staging``, ``jobs`` at once (each mostly
+    waits on tools or on compression, which release the GIL); return the files written."""
     table = builders()
-    written: list[str] = []
-    for fmt in ImageFormat:  # dependency order: the ISO reuses the updater
-        if fmt in recipe.images.formats:
-            written.extend(table[fmt](recipe, staging, context))
-    return written
+    wanted = [fmt for fmt in ImageFormat if fmt in recipe.images.formats]
+    # The ISO embeds the updater, so those two run in order, in one task; the rest beside them.
+    chained = (ImageFormat.UPDATER, ImageFormat.ISO)
+    tasks = [[fmt] for fmt in wanted if fmt not in chained]
+    tasks += [task] if (task := [fmt for fmt in wanted if fmt in chained]) else []
+
+    def run(task: list[ImageFormat]) -> dict[ImageFormat, list[str]]:
+        return {fmt: table[fmt](recipe, staging, context) for fmt in task}
+
+    written: dict[ImageFormat, list[str]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(tasks)))) as pool:
+        for result in pool.map(run, tasks):
+            written.update(result)
+    return [name for fmt in wanted for name in written[fmt]]

@@ -6,7 +6,9 @@ the "PE\\0\\0" signature, then the optional header (PE32+ for the x86_64 stub).
 
 from __future__ import annotations
 
+import array
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,10 +75,12 @@ def set_timestamp(path: Path, epoch: int) -> None:
 
 def checksum(data: bytes) -> int:
     """The PE image checksum (with its own field zeroed): folded 16-bit sum plus the length."""
-    padded = data + b"\0" * (len(data) % 2)
-    total = 0
-    for (word,) in struct.iter_unpack("<H", padded):
-        total += word
+    # The sum of every little-endian word, folded once at the end: the same as folding after
+    # each word (both are the end-around-carry sum), summed in C rather than word by word.
+    words = array.array("H", data + b"\0" * (len(data) % 2))
+    if sys.byteorder == "big":
+        words.byteswap()
+    total = sum(words)
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return (total + len(data)) & 0xFFFFFFFF

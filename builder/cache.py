@@ -8,10 +8,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-
-import requests
+from typing import TYPE_CHECKING
 
 from builder.errors import BuildError
+
+if TYPE_CHECKING:
+    import requests  # imported when a download starts: most builds hit the cache
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,8 @@ class Cache:
     def session(self) -> requests.Session:
         """One HTTP session per cache, so connections to the mirror are reused."""
         if self._session is None:
+            import requests
+
             self._session = requests.Session()
             self._session.headers["User-Agent"] = "onie-builder"
         return self._session
@@ -115,6 +119,8 @@ class Cache:
         fd, tmp_name = tempfile.mkstemp(dir=tmpdir)
         tmp = Path(tmp_name)
         digest = hashlib.sha256()
+        import requests
+
         try:
             with os.fdopen(fd, "wb") as out, self.session().get(url, stream=True, timeout=60) as r:
                 if r.status_code != 200:

@@ -223,11 +223,14 @@ def lock(ctx: click.Context, names: tuple[str, ...], lock_path: Path | None,
               help="Build every platform under recipes/platforms/; a failure does not stop the others.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Platforms built at once (worker processes sharing one cache).")
+@click.option("--no-images", is_flag=True,
+              help="Build the kernel and initramfs only, not the recipe's images (a quicker "
+                   "edit-and-boot loop with `onie-builder boot`).")
 @click.pass_context
 @handle_errors
 def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: Path | None,
           no_lock: bool, offline: bool, mirror: str | None, force: bool, as_json: bool,
-          all_platforms: bool, jobs: int) -> None:
+          all_platforms: bool, jobs: int, no_images: bool) -> None:
     """Build the named platform recipes (default: qemu_x86_64) into OUT/<platform>/.
 
     Each output folder holds `vmlinuz`, `initrd.img`, `manifest.json` and the boot images
@@ -243,7 +246,8 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
     if all_platforms or jobs > 1:
         paths = ([find_recipe_file(n) for n in names] if names
                  else sorted((recipes_dir() / "platforms").glob("*.yaml")))
-        build_batch(ctx, paths, out_dir, lock_path, no_lock, offline, mirror, force, as_json, jobs)
+        build_batch(ctx, paths, out_dir, lock_path, no_lock, offline, mirror, force, as_json, jobs,
+                    not no_images)
         return
     paths = [find_recipe_file(n) for n in (names or (DEFAULT_RECIPE,))]
     default_lock = Path("onie-builder.lock")
@@ -253,7 +257,7 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
         lock_path = None
     epochs = [source_date_epoch(p) for p in paths]
     # Fast path: a locked build whose recorded inputs are all unchanged needs no imports.
-    fresh = [None if force else find_fresh(out_dir, p, e, lock_path)
+    fresh = [None if force else find_fresh(out_dir, p, e, lock_path, not no_images)
              for p, e in zip(paths, epochs, strict=True)]
     if all(fresh):
         report([BuildResult(r["platform"], out_dir / r["platform"], r["outputs"], True, 0.0)
@@ -269,7 +273,8 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
     results = []
     for epoch, (recipe, merged) in zip(epochs, loaded, strict=True):
         options = BuildOptions(out_dir=out_dir, source_date_epoch=epoch, lock=the_lock,
-                               lock_path=lock_path, mirror=mirror, force=force)
+                               lock_path=lock_path, mirror=mirror, force=force,
+                               images=not no_images)
         results.append(build_platform(recipe, merged.files, options, cache,
                                       step=lambda msg: log.info("==> %s", msg)))
     report(results, as_json)
@@ -277,7 +282,7 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
 
 def build_batch(ctx: click.Context, paths: list[Path], out_dir: Path, lock_path: Path | None,
                 no_lock: bool, offline: bool, mirror: str | None, force: bool, as_json: bool,
-                jobs: int) -> None:
+                jobs: int, images: bool) -> None:
     """Build many platforms, ``jobs`` at once; print the summary; exit 1 if any failed."""
     import time
 
@@ -292,7 +297,8 @@ def build_batch(ctx: click.Context, paths: list[Path], out_dir: Path, lock_path:
     the_lock = read_lock(lock_path) if lock_path is not None else None
     debug = bool(ctx.find_root().params.get("debug"))
     batch = [Job(path, BuildOptions(out_dir=out_dir, source_date_epoch=source_date_epoch(path),
-                                    lock=the_lock, lock_path=lock_path, mirror=mirror, force=force),
+                                    lock=the_lock, lock_path=lock_path, mirror=mirror, force=force,
+                                    images=images),
                  ctx.obj["cache_dir"], offline, debug) for path in paths]
     start = time.monotonic()
     outcomes = build_many(batch, jobs, done=lambda o: log.info(

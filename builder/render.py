@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +20,25 @@ def shquote(value: object) -> str:
     return shlex.quote(str(value))
 
 
+@functools.cache
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    """Compiled templates in the cache folder (Jinja2 checks each against its source), so a
+    build does not compile the ~2,000 lines of templates again; None when it cannot be made."""
+    from builder.cache import default_cache_root
+
+    folder = default_cache_root() / "jinja2"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(folder))
+
+
 def make_environment(vendor_dirs: Sequence[Path] = ()) -> jinja2.Environment:
     """An environment that looks in the vendor folders first, then the built-in templates."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([*map(str, vendor_dirs), str(BUILTIN_TEMPLATES)]),
+        bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

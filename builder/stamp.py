@@ -80,12 +80,12 @@ def read_stamp(path: Path) -> dict[str, Any] | None:
 
 
 def find_fresh(out_dir: Path, recipe_file: Path, epoch: int, lock: Path | None,
-               ) -> dict[str, Any] | None:
+               images: bool = True) -> dict[str, Any] | None:
     """The last record if a locked build with these inputs is already in ``out_dir``."""
     if lock is None:
         return None  # unlocked builds re-resolve: the archive may have moved on
     record = read_stamp(stamp_path(out_dir, recipe_file))
-    if (record is None or record.get("epoch") != epoch
+    if (record is None or record.get("epoch") != epoch or record.get("images") != images
             or record.get("lock") != str(lock.resolve())):
         return None
     final = out_dir / record.get("platform", "")

@@ -129,6 +129,41 @@ def test_noop_and_change_detection(tmp_path: Path, cache_env: dict[str, str]) ->
     assert not offline["skipped"]
 
 
+def test_no_images_and_layer_reuse(tmp_path: Path, cache_env: dict[str, str]) -> None:
+    """--no-images writes the kernel and initramfs only, and is a different build from one with
+    images; an edit to the recipe compresses the `files` layer again and reuses the others."""
+    work = tmp_path / "w"
+    shutil.copytree(ROOT / "recipes", work / "recipes")
+    run_cli("lock", "qemu_x86_64", cwd=work, env=cache_env)
+    out = work / "out" / "x86_64-qemu_x86_64-r0"
+    quick = ("build", "qemu_x86_64", "--json", "--no-images")
+    first = json.loads(run_cli(*quick, cwd=work, env=cache_env).stdout)[0]
+    assert not first["skipped"]
+    assert sorted(p.name for p in out.iterdir()) == ["initrd.img", "manifest.json", "vmlinuz"]
+    assert json.loads(run_cli(*quick, cwd=work, env=cache_env).stdout)[0]["skipped"]
+    layers = {x["layer"]: x for x in manifest(out)["initramfs"]["layers"]}
+    assert list(layers) == ["files", "programs", "modules"]
+
+    recipe = work / "recipes" / "platforms" / "qemu_x86_64.yaml"
+    # A new version (in /etc/machine.conf) each run: a shared cache ($ONIE_BUILDER_CACHE) has
+    # not seen that files layer yet.
+    recipe.write_text(recipe.read_text() + f'version: "2026.11-{os.urandom(8).hex()}"\n')
+    derived = Path(cache_env["ONIE_BUILDER_CACHE"]) / "derived"
+    before = set(derived.iterdir())
+    assert not json.loads(run_cli(*quick, cwd=work, env=cache_env).stdout)[0]["skipped"]
+    after = {x["layer"]: x for x in manifest(out)["initramfs"]["layers"]}
+    assert after["files"]["sha256"] != layers["files"]["sha256"]
+    for name in ("programs", "modules"):
+        assert after[name] == {**layers[name], "offset": after[name]["offset"]}
+    # Only the files layer was compressed: one new entry in the compressed-layer cache.
+    new = set(derived.iterdir()) - before
+    assert [p.name.split(".")[0] for p in new] == [after["files"]["archive_sha256"]]
+
+    full = json.loads(run_cli("build", "qemu_x86_64", "--json", cwd=work, env=cache_env).stdout)[0]
+    assert not full["skipped"]  # images were not built before: not up to date
+    assert "onie-updater-x86_64-qemu_x86_64-r0" in {p.name for p in out.iterdir()}
+
+
 def test_failed_build_keeps_previous_output(tmp_path: Path, cache_env: dict[str, str]) -> None:
     work = tmp_path / "w"
     shutil.copytree(ROOT / "recipes", work / "recipes")

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from builder import __version__, transports
+from builder import __version__, facts, transports
 from builder.cache import Cache, sha256_file, write_atomic
 from builder.cpio import Compression, WrittenLayer, compress, layer_of, make_initramfs
 from builder.images import ImageContext, image_inputs, make_images
@@ -68,7 +68,8 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
         step(f"{platform}: up to date")
         return BuildResult(platform, final, previous["outputs"], True, time.monotonic() - start)
     step(f"{platform}: assembling the initramfs tree")
-    tree = make_tree(Context(recipe, resolution, options.source_date_epoch))
+    with facts.remember(cache.root / "derived" / "facts.json"):
+        tree = make_tree(Context(recipe, resolution, options.source_date_epoch))
     staging = make_staging(options.out_dir, platform)
     try:
         outputs, layers = write_outputs(staging, recipe, resolution, tree, options, cache, step)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
+from builder import facts
 from builder.errors import BuildError
 from builder.rootfs import Kind, Tree
 
@@ -60,7 +63,22 @@ class ElfInfo:
 
 
 def parse_elf(path: Path) -> ElfInfo | None:
-    """Read machine, interpreter and dynamic section of ``path``; None when it is not ELF."""
+    """Read machine, interpreter and dynamic section of ``path``; None when it is not ELF.
+    Remembered between builds (builder.facts)."""
+    return facts.current().recall("elf", path, lambda: _parse_elf(path), _encode, _decode)
+
+
+def _encode(info: ElfInfo | None) -> dict[str, Any] | None:
+    return dataclasses.asdict(info) if info is not None else None
+
+
+def _decode(value: dict[str, Any] | None) -> ElfInfo | None:
+    if value is None:
+        return None
+    return ElfInfo(**{**value, "needed": tuple(value["needed"]), "runpath": tuple(value["runpath"])})
+
+
+def _parse_elf(path: Path) -> ElfInfo | None:
     with path.open("rb") as f:
         if f.read(4) != ELF_MAGIC:
             return None

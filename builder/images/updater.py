@@ -12,11 +12,11 @@ reads only its own bytes, so the appended signature block does not disturb it.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,7 +162,12 @@ def make_payload(files: dict[str, bytes], epoch: int) -> bytes:
             info.mtime = epoch
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(files[name]))
-    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+    # Run-length matching only (zlib's Z_RLE): most of the payload is the kernel and the
+    # initramfs, already compressed, and what compresses is the partitions' zero-filled free
+    # space. Measured on the default updater: 1.1% larger than gzip -6, in 0.16 s instead of
+    # 0.39 s of every build. wbits 31 writes the gzip wrapper (mtime 0, no name).
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31, 9, zlib.Z_RLE)
+    return packer.compress(raw.getvalue()) + packer.flush()
 
 
 def render_script(recipe: Recipe, layout: Layout, pieces: list[Piece], payload: bytes) -> bytes:

@@ -58,7 +58,7 @@ PTY_SHELL = "import pty, sys; sys.exit(pty.spawn(sys.argv[1:]) >> 8)"
 def test_qemu_command_x86_64() -> None:
     argv = qemu_command(machine_for("x86_64"), Path("k/vmlinuz"), Path("initrd.img"), "quiet")
     assert argv == [
-        "qemu-system-x86_64", "-accel", "tcg", "-m", "512",
+        "qemu-system-x86_64", "-M", "q35", "-accel", "tcg", "-m", "512",
         "-nographic", "-no-reboot", "-serial", "mon:stdio",
         "-kernel", "k/vmlinuz", "-initrd", "initrd.img",
         "-append", "console=ttyS0,115200 panic=-1 quiet",

@@ -361,6 +361,11 @@ class LoadPlan:
     # The filesystem type each filesystem module registers (its first ``fs-`` alias), in order:
     # ``mount -t TYPE`` makes the kernel load that module on demand.
     filesystem_types: tuple[str, ...] = ()
+    # What a USB stick is mounted with: the first filesystem module (vfat in the base recipes)
+    # and the filesystem group's modules that register no type (codepage and charset tables).
+    # Discovery loads them while a stick's SCSI scan runs, instead of three on-demand loads
+    # at mount time.
+    stick_filesystem: tuple[str, ...] = ()
 
     @property
     def storage_aliases(self) -> tuple[str, ...]:
@@ -374,6 +379,8 @@ def make_load_plan(wanted: Sequence[str], modules: Sequence[Module]) -> LoadPlan
     by_name = {m.name: m for m in modules}
     groups: dict[str, list[LoadStep]] = {NETWORK: [], STORAGE: [], FILESYSTEMS: []}
     types: list[str] = []
+    first_fs: list[str] = []
+    tables: list[str] = []
     for name in dict.fromkeys(normalize_name(w) for w in wanted):
         module = by_name.get(name)
         path = module.relpath if module else ""
@@ -383,5 +390,8 @@ def make_load_plan(wanted: Sequence[str], modules: Sequence[Module]) -> LoadPlan
         fs = [a.removeprefix("fs-") for a in (module.aliases if module else ()) if a.startswith("fs-")]
         if group == FILESYSTEMS and fs and SAFE_FS_TYPE_RE.match(fs[0]):
             types.append(fs[0])
+            first_fs = first_fs or [name]
+        elif group == FILESYSTEMS and not fs:
+            tables.append(name)
     return LoadPlan(tuple(groups[NETWORK]), tuple(groups[STORAGE]), tuple(groups[FILESYSTEMS]),
-                    tuple(dict.fromkeys(types)))
+                    tuple(dict.fromkeys(types)), tuple(first_fs + tables) if first_fs else ())

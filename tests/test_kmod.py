@@ -401,4 +401,8 @@ def test_load_plan_groups_modules_by_when_init_needs_them() -> None:
     assert [s.aliases for s in plan.storage] == [("pci:v*d*sv*sd*bc0Csc03i30*",), (), (), ()]
     assert plan.storage_aliases == ("pci:v*d*sv*sd*bc0Csc03i30*",)
     assert plan.filesystem_types == ("vfat", "ext4")
+    # A stick's filesystem: the first typed module and the tables with no type, not ext4.
+    assert plan.stick_filesystem == ("vfat", "nls_cp437")
     assert make_load_plan([], modules) == LoadPlan()
+    # With no typed filesystem module there is nothing to preload for a stick.
+    assert make_load_plan(["nls_cp437"], modules).stick_filesystem == ()

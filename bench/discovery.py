@@ -133,14 +133,15 @@ def main() -> int:
                        for i in range(args.runs)]
             rows.append((path, timings))
     print(f"{'path':<12} {'init':>6} {'start':>6} {'exec':>6} {'exec-init':>9} {'target':>6}"
-          f" {'exec-start':>10}   (guest seconds, median of {args.runs})")
+          f" {'exec-start':>10} {'exec-init range':>15}   (guest seconds, median of {args.runs})")
     for path, timings in rows:
         med = {k: statistics.median(getattr(t, k) for t in timings) for k in ("init", "start", "exec")}
         beyond = statistics.median(t.exec - t.init for t in timings)
         own = statistics.median(t.exec - t.start for t in timings)
+        spread = [t.exec - t.init for t in timings]
         verdict = "ok" if beyond <= TARGETS[path] else "over"
         print(f"{path:<12} {med['init']:6.2f} {med['start']:6.2f} {med['exec']:6.2f} {beyond:9.2f}"
-              f" {TARGETS[path]:6.1f} {own:10.2f}   {verdict}")
+              f" {TARGETS[path]:6.1f} {own:10.2f} {min(spread):7.2f}-{max(spread):<7.2f}   {verdict}")
     return 0
 
 

@@ -297,3 +297,48 @@ def test_udhcpc_script_keeps_hostile_values_as_data(tmp_path: Path) -> None:
     env.update(ip="10.0.0.7", interface="../x")
     assert run("bound").stdout.splitlines() == ["status=1"]
     assert not marker.exists()
+
+
+LIVE = "vfat 24576 0 - Live 0x0000000000000000\nfat 86016 1 vfat, Live 0x0000000000000000\n"
+
+
+def test_modules_loading_reads_the_state_column(tmp_path: Path) -> None:
+    (tmp_path / "live").write_text(LIVE)
+    (tmp_path / "loading").write_text(LIVE + "nls_cp437 16384 0 - Loading 0x0000000000000000\n")
+    out = ash(tmp_path, 'for f in live loading; do PROC_MODULES=$f; modules_loading && echo "$f yes"'
+                        ' || echo "$f no"; done')
+    assert out.stdout.split("\n") == ["live no", "loading yes", ""]
+
+
+# A mount that fails while the flag file exists, as the kernel's does while vfat is half loaded.
+FAKE_MOUNT = 'mount() { echo "mount $*" >> calls; ! [ -e busy ]; }\n'
+
+
+def test_local_mount_waits_for_the_stick_preload(tmp_path: Path) -> None:
+    """A mount during local_ready's preload of vfat would fail and fall back to loading ext4:
+    the preload ends first, and the plain mount then finds vfat."""
+    (tmp_path / "busy").touch()
+    out = ash(tmp_path, FAKE_MOUNT + '(sleep 0.3; rm busy) & STICK_FS_PID=$!\n'
+                        'local_mount /dev/sda && echo mounted; echo "pid=$STICK_FS_PID"')
+    assert out.stdout.split("\n") == ["mounted", "pid=", ""], out.stderr
+    assert (tmp_path / "calls").read_text().splitlines() == [f"mount -o ro /dev/sda {tmp_path}/run/mnt"]
+
+
+def test_local_mount_retries_after_a_module_load(tmp_path: Path) -> None:
+    """In a later round /init's filesystem group may be loading: the -t mount is tried again
+    once no module is loading; with none loading a failed mount fails at once."""
+    (tmp_path / "busy").touch()
+    (tmp_path / "modules").write_text(LIVE.replace("Live", "Loading", 1))
+    out = ash(tmp_path, FAKE_MOUNT + 'PROC_MODULES=modules FS_TYPES=vfat,ext4\n'
+                        f'(sleep 0.3; printf "{LIVE}" > modules; rm busy) &\n'
+                        'local_mount /dev/sdb && echo mounted')
+    assert out.stdout == "mounted\n", out.stderr
+    mounts = (tmp_path / "calls").read_text().splitlines()
+    assert [m.split(" /dev")[0] for m in mounts] == ["mount -o ro", "mount -t vfat,ext4 -o ro",
+                                                     "mount -t vfat,ext4 -o ro"]
+    (tmp_path / "busy").touch()
+    (tmp_path / "calls").unlink()
+    out = ash(tmp_path, FAKE_MOUNT + 'PROC_MODULES=modules FS_TYPES=vfat,ext4\n'
+                        'local_mount /dev/sdb || echo refused')
+    assert out.stdout == "refused\n"
+    assert len((tmp_path / "calls").read_text().splitlines()) == 2

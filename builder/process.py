@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sysconfig
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,8 +19,12 @@ Arg = str | os.PathLike[str]
 
 
 def find_tool(name: str, why: str) -> str:
-    """Return the absolute path of a host tool, or raise saying what it is needed for."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    """Return the absolute path of a host tool, or raise saying what it is needed for.
+
+    Looks in PATH, then in this Python environment's scripts folder (a tool pip installed
+    beside onie-builder, when the virtualenv is not activated), then in the sbin folders."""
+    path = (shutil.which(name) or shutil.which(name, path=sysconfig.get_path("scripts"))
+            or shutil.which(name, path="/usr/sbin:/sbin"))
     if path is None:
         raise MissingToolError(
             f"Could not find '{name}', which is required {why}",

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,7 +36,7 @@ from builder.lab import (
     machine_for,
     qemu_command,
 )
-from builder.process import run
+from builder.process import find_tool, run
 from tests.conftest import require_qemu, require_root_netns, require_tool, wait_for_exec
 
 BANNER = "ob-lab: tiny initramfs up"
@@ -126,6 +127,16 @@ def test_find_qemu_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
         "Could not find 'qemu-system-aarch64', which is required to boot arm64 images in QEMU"
         " (Debian package qemu-system-arm)"
     )
+
+
+def test_find_tool_looks_in_this_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`.venv/bin/pytest` runs without the virtualenv on PATH (CI, the README): a tool pip put
+    beside onie-builder (virt-fw-vars, from the test extras) is found all the same."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    scripts = Path(sysconfig.get_path("scripts"))
+    assert find_tool("virt-fw-vars", "to test") == str(scripts / "virt-fw-vars")
+    with pytest.raises(MissingToolError):
+        find_tool("no-such-tool-anywhere", "to test")
 
 
 def test_exec_argv_wraps_in_netns() -> None:

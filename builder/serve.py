@@ -215,6 +215,7 @@ async def send_file(request: web.Request, path: Path, device: Device | None,
     if device is not None:
         store.start_download(device, path.name, size, start)
     sent = 0
+    done = False
     loop = asyncio.get_running_loop()
     try:
         with path.open("rb") as handle:
@@ -223,16 +224,20 @@ async def send_file(request: web.Request, path: Path, device: Device | None,
                 chunk = await loop.run_in_executor(None, handle.read, min(CHUNK, end - start - sent))
                 if not chunk:
                     break
-                await response.write(chunk)
+                # Counted when handed to the connection: a write waits for the client to take
+                # what is queued, so a client that vanishes during the first chunk would
+                # otherwise count nothing although it received part of it.
                 sent += len(chunk)
                 if device is not None:
                     store.add_bytes(device, len(chunk))
+                await response.write(chunk)
         await response.write_eof()
-    except ConnectionResetError:
-        log.info("%s: client went away after %d of %d bytes", request.path, sent, end - start)
+        done = sent == end - start
+    except ConnectionError:  # reset, broken pipe, or aiohttp's "Connection lost"
+        log.info("%s: client went away, %d of %d bytes handed over", request.path, sent, end - start)
     finally:
         if device is not None:
-            store.finish_download(device, complete=start + sent == size and sent == end - start)
+            store.finish_download(device, complete=done and end == size)
     return response
 
 

@@ -172,10 +172,10 @@ def check_resume(server: Running) -> None:
     rest = get(server, "onie-installer", {**headers, "Range": f"bytes={len(body)}-"})
     assert rest.status_code == 206
     assert body + rest.content == installer_bytes("default", BIG)
-    # The dropped transfer counts what the server wrote before the client vanished, which can be
-    # a little less than the client received (the last write fails); the resumed rest is whole.
-    # The server learns of the drop only when a write fails, which may come after the resumed
-    # request has ended: wait (bounded) for that count to arrive.
+    # The dropped transfer counts what the server handed to the connection before the client
+    # vanished (whole chunks, so at least what the client received, even when it vanished
+    # during the first); the resumed rest is whole. The server learns of the drop only when
+    # a write fails, which may come after the resumed request has ended: wait (bounded).
     resumed = BIG - len(body)
     deadline = time.monotonic() + 20
     device = device_state(server, "SN-RESUME")

@@ -36,9 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from builder.lab import NetNamespace  # noqa: E402
-from builder.netlab import Dnsmasq, HttpServer  # noqa: E402
-from builder.qemu import Console, QemuMachine, machine_for, qemu_command  # noqa: E402
+from builder.lab.netns import NetNamespace  # noqa: E402
+from builder.lab.qemu import Console, QemuMachine, machine_for, qemu_command  # noqa: E402
+from builder.lab.servers import Dnsmasq, HttpServer  # noqa: E402
 
 INSTALLER = "#!/bin/sh\necho bench-installer ran\nexit 0\n"
 TARGETS = {"option 114": 1.5, "usb": 2.0, "http sweep": 3.0}

@@ -31,10 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from builder.iscsilab import Tgt  # noqa: E402
-from builder.lab import NetNamespace  # noqa: E402
-from builder.netlab import Dnsmasq, HttpServer, TlsFiles  # noqa: E402
-from builder.qemu import Console, machine_for, qemu_command  # noqa: E402
+from builder.lab.netns import NetNamespace  # noqa: E402
+from builder.lab.qemu import Console, machine_for, qemu_command  # noqa: E402
+from builder.lab.servers import Dnsmasq, HttpServer, TlsFiles  # noqa: E402
+from tests.iscsilab import Tgt  # noqa: E402
 from tests.transportlab import (  # noqa: E402
     LAB_RECIPE,
     ext2_image,

@@ -34,9 +34,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from builder.keys import KeyType, load_private_key, make_key_pair
-from builder.qemu import Console, machine_for, qemu_command
-from builder.signing import ImageType, Statement, render_block
+from builder.lab.qemu import Console, machine_for, qemu_command
+from builder.signing.format import ImageType, Statement, render_block
+from builder.signing.keys import KeyType, load_private_key, make_key_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 PLATFORM = "x86_64-qemu_x86_64-r0"

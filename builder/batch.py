@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.build import BuildOptions, build_platform
-from builder.cache import Cache
+from builder.components.cache import Cache
 from builder.errors import BuildError
-from builder.recipe import load_recipe
+from builder.recipe.model import load_recipe
 from builder.result import BuildResult
 
 log = logging.getLogger(__name__)

@@ -14,19 +14,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from builder import __version__, facts, transports
-from builder.cache import Cache, sha256_file, write_atomic
-from builder.cpio import Compression, WrittenLayer, compress, layer_of, make_initramfs
+from builder import __version__
+from builder.components.cache import Cache, sha256_file, write_atomic
+from builder.components.lock import Lock
+from builder.components.resolve import Resolution, Resolver, find_apt_sources
 from builder.images import ImageContext, image_inputs, make_images
-from builder.initramfs import Context, make_tree
-from builder.lock import Lock
-from builder.recipe import Arch, Recipe
+from builder.initramfs import facts, transports
+from builder.initramfs.assemble import Context, make_tree
+from builder.initramfs.cpio import WrittenLayer, compress, layer_of, make_initramfs
+from builder.initramfs.tree import Kind, Tree
+from builder.initramfs.trust import describe_trust, load_trust
+from builder.recipe.formats import Compression
+from builder.recipe.model import Arch, Recipe
 from builder.render import BUILTIN_TEMPLATES
 from builder.result import BuildResult
-from builder.rootfs import Kind, Tree
-from builder.sources import Resolution, Resolver, find_apt_sources
 from builder.stamp import outputs_present, read_stamp, snapshot, stamp_path, unchanged
-from builder.trust import describe_trust, load_trust
 
 log = logging.getLogger(__name__)
 

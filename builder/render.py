@@ -24,7 +24,7 @@ def shquote(value: object) -> str:
 def _bytecode_cache() -> jinja2.BytecodeCache | None:
     """Compiled templates in the cache folder (Jinja2 checks each against its source), so a
     build does not compile the ~2,000 lines of templates again; None when it cannot be made."""
-    from builder.cache import default_cache_root
+    from builder.components.cache import default_cache_root
 
     folder = default_cache_root() / "jinja2"
     try:

@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING, NoReturn
 import pytest
 
 from builder.errors import MissingToolError
+from builder.lab.qemu import find_qemu
 from builder.process import find_tool
-from builder.qemu import find_qemu
 
 if TYPE_CHECKING:
-    from builder.apt import Archive
-    from builder.cache import Cache
+    from builder.components.apt import Archive
+    from builder.components.cache import Cache
 
 
 @pytest.fixture(scope="session")
 def debian_cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
     """The download cache: ``$ONIE_BUILDER_CACHE`` when set (CI keeps it), else a session folder."""
-    from builder.cache import Cache
+    from builder.components.cache import Cache
 
     explicit = os.environ.get("ONIE_BUILDER_CACHE")
     return Cache(Path(explicit) if explicit else tmp_path_factory.mktemp("cache"))
@@ -35,8 +35,8 @@ def debian_cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
 @pytest.fixture(scope="session")
 def debian_archive(debian_cache: Cache) -> Callable[[str], Archive]:
     """A function giving the host's Debian archive for one architecture (one per arch)."""
-    from builder.apt import Archive
-    from builder.mirror import find_host_sources
+    from builder.components.apt import Archive
+    from builder.components.mirror import find_host_sources
 
     archives: dict[str, Archive] = {}
 
@@ -54,7 +54,7 @@ def debian_roots(
 ) -> Callable[..., list[Path]]:
     """A function (arch, names, depends=True) -> unpacked package folders, one per package;
     with ``depends`` the packages' Depends closure is included."""
-    from builder.deb import unpack_deb
+    from builder.components.deb import unpack_deb
 
     def roots(arch: str, names: list[str], depends: bool = True) -> list[Path]:
         archive = debian_archive(arch)

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from builder.qemu import Console
+from builder.lab.qemu import Console
 from tests.conftest import fail_or_skip, require_qemu
 
 OVMF_DIR = Path("/usr/share/OVMF")

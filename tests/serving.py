@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from builder.serve import Server
-from builder.site import Site, load_site
+from builder.factory.serve import Server
+from builder.factory.site import Site, load_site
 from tests.conftest import require_tool
 
 TOKEN = "factory-status-token-0123456789"

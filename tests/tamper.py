@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.keys import KeyType, PrivateKey, load_private_key, make_key_pair
-from builder.recipe import Recipe, Trust, load_recipe
+from builder.initramfs.trust import TrustStore, load_trust, template_values
+from builder.recipe.model import Recipe, Trust, load_recipe
 from builder.render import make_environment, render_template
-from builder.signing import (
+from builder.signing.format import (
     BLOCK_SIZE,
     TRAILER_FORMAT,
     TRAILER_SIZE,
@@ -18,7 +18,7 @@ from builder.signing import (
     Statement,
     render_block,
 )
-from builder.trust import TrustStore, load_trust, template_values
+from builder.signing.keys import KeyType, PrivateKey, load_private_key, make_key_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 

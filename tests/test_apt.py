@@ -1,4 +1,4 @@
-"""Tests for builder.apt: signed indexes from a local fake mirror, lookup, closure."""
+"""Tests for builder.components.apt: signed indexes from a local fake mirror, lookup, closure."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from builder import apt, keyring
-from builder.apt import Archive, debian_arch
-from builder.cache import Cache
-from builder.deb import unpack_deb
+from builder.components import apt, keyring
+from builder.components.apt import Archive, debian_arch
+from builder.components.cache import Cache
+from builder.components.deb import unpack_deb
+from builder.components.mirror import AptSource, find_host_sources
 from builder.errors import BuildError
-from builder.mirror import AptSource, find_host_sources
 from builder.process import run
 
 HASH = "0" * 64

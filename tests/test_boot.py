@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.qemu import Console, machine_for, qemu_command
+from builder.lab.qemu import Console, machine_for, qemu_command
 from tests.conftest import require_qemu
 
 pytestmark = [pytest.mark.lab, pytest.mark.network]

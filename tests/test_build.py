@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.elf import parse_elf
+from builder.initramfs.elf import parse_elf
 from tests.conftest import ROOT, run_cli, unpack_initramfs
 
 pytestmark = pytest.mark.network

@@ -1,4 +1,4 @@
-"""Tests for builder.cpio: newc archives read back by GNU cpio, determinism and compression."""
+"""Tests for builder.initramfs.cpio: newc archives read back by GNU cpio, determinism and compression."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from builder.cpio import Compression, Layer, compress, make_initramfs, render_cpio, render_layers
 from builder.errors import BuildError
-from builder.rootfs import Kind, Tree
+from builder.initramfs.cpio import Layer, compress, make_initramfs, render_cpio, render_layers
+from builder.initramfs.tree import Kind, Tree
+from builder.recipe.formats import Compression
 
 MTIME = 1_700_000_000  # 2023-11-14 22:13:20 UTC
 ROOT = os.geteuid() == 0

@@ -1,4 +1,4 @@
-"""Tests for builder.deb: unpacking .deb files into cached trees, and refusing hostile ones."""
+"""Tests for builder.components.deb: unpacking .deb files into cached trees, and refusing hostile ones."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import deb as debmod
-from builder.cache import Cache, sha256_file
-from builder.deb import unpack_deb
+from builder.components import deb as debmod
+from builder.components.cache import Cache, sha256_file
+from builder.components.deb import unpack_deb
 from builder.errors import BuildError
 from builder.process import run
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from builder.dhcp import DhcpFormat, encode_vivso, render_dhcp_config
 from builder.errors import BuildError
+from builder.factory.dhcp import DhcpFormat, encode_vivso, render_dhcp_config
+from builder.factory.site import Site, load_site
 from builder.process import run
-from builder.site import Site, load_site
 from tests.conftest import run_cli
 from tests.serving import require_daemon
 
@@ -186,7 +186,7 @@ def test_isc4_classes_options_and_hosts(site: Site) -> None:
 
 
 def test_quoting_of_config_strings() -> None:
-    from builder.dhcp import dhcpquote
+    from builder.factory.dhcp import dhcpquote
 
     assert dhcpquote('a"b\\c') == '"a\\"b\\\\c"'
     with pytest.raises(BuildError, match="control character"):
@@ -304,8 +304,8 @@ LIVE = [("dnsmasq", DhcpFormat.DNSMASQ), ("kea-dhcp4", DhcpFormat.KEA), ("dhcpd"
 @pytest.mark.lab
 @pytest.mark.parametrize(("daemon", "fmt"), LIVE, ids=[d for d, _ in LIVE])
 def test_the_daemon_answers_with_the_onie_options(tmp_path: Path, daemon: str, fmt: DhcpFormat) -> None:
-    from builder.lab import NetNamespace
-    from builder.netlab import wait_for_text
+    from builder.lab.netns import NetNamespace
+    from builder.lab.servers import wait_for_text
     from tests.conftest import require_root_netns
 
     require_root_netns()

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.lab import NetNamespace
-from builder.netlab import Dnsmasq, HttpServer
-from builder.qemu import Console, machine_for, qemu_command
+from builder.lab.netns import NetNamespace
+from builder.lab.qemu import Console, machine_for, qemu_command
+from builder.lab.servers import Dnsmasq, HttpServer
 from tests.conftest import require_qemu, require_root_netns, require_tool, run_cli
 from tests.installers import script_installer, sharch_installer
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.lab import NetNamespace
-from builder.netlab import Dnsmasq, HttpServer
+from builder.lab.netns import NetNamespace
+from builder.lab.servers import Dnsmasq, HttpServer
 from tests.conftest import require_root_netns, require_tool
 from tests.test_discovery import kvm, render
 

@@ -1,4 +1,4 @@
-"""Tests for builder.elf: ELF headers and shared-library closures inside unpacked packages."""
+"""Tests for builder.initramfs.elf: ELF headers and shared-library closures inside unpacked packages."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.elf import ElfInfo, expand_runpath, install_elf_closure, parse_elf, usrmerge_twin
 from builder.errors import BuildError
-from builder.rootfs import Kind, Tree
+from builder.initramfs.elf import ElfInfo, expand_runpath, install_elf_closure, parse_elf, usrmerge_twin
+from builder.initramfs.tree import Kind, Tree
 
 HOST_LIBS = Path("/usr/lib/x86_64-linux-gnu")
 LS = Path("/usr/bin/ls")

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from builder.cpio import Compression, compress, render_cpio
-from builder.lab import NetNamespace
-from builder.netlab import wait_for_text
+from builder.initramfs.cpio import compress, render_cpio
+from builder.initramfs.tree import Tree
+from builder.lab.netns import NetNamespace
+from builder.lab.qemu import Console, machine_for, qemu_command
+from builder.lab.servers import wait_for_text
 from builder.process import run
-from builder.qemu import Console, machine_for, qemu_command
-from builder.rootfs import Tree
+from builder.recipe.formats import Compression
 from tests.conftest import ROOT, require_qemu, require_root_netns, run_cli
 from tests.serving import TOKEN, require_daemon
 

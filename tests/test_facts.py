@@ -1,4 +1,4 @@
-"""builder.facts: facts about files remembered between builds, never stale."""
+"""builder.initramfs.facts: facts about files remembered between builds, never stale."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from builder import facts
-from builder.elf import parse_elf
+from builder.initramfs import facts
+from builder.initramfs.elf import parse_elf
 
 
 def counting(calls: list[str], value: str) -> str:

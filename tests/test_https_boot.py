@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.lab import NetNamespace
-from builder.netlab import Dnsmasq, HttpServer, TlsFiles
-from builder.qemu import Console, machine_for, qemu_command
+from builder.lab.netns import NetNamespace
+from builder.lab.qemu import Console, machine_for, qemu_command
+from builder.lab.servers import Dnsmasq, HttpServer, TlsFiles
 from tests.conftest import require_qemu, require_root_netns, require_tool
 from tests.transportlab import LAB_RECIPE, build_image, installer, make_ca, make_server_cert, subnet
 

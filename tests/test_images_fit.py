@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.lab import NetNamespace
-from builder.netlab import Dnsmasq
-from builder.qemu import Console
+from builder.lab.netns import NetNamespace
+from builder.lab.qemu import Console
+from builder.lab.servers import Dnsmasq
 from tests.conftest import ROOT, require_qemu, require_root_netns, require_tool, run_cli
 from tests.imagelab import UBOOT_ARM64, expect_environment, require_file, subnet
 

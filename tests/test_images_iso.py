@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from builder.images.fat import make_vfat
-from builder.keys import KeyType, make_key_pair
-from builder.qemu import Console
+from builder.lab.qemu import Console
+from builder.signing.keys import KeyType, make_key_pair
 from tests.conftest import ROOT, require_tool, run_cli
 from tests.imagelab import (
     DISCOVERY,

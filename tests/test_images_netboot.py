@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.lab import NetNamespace
-from builder.netlab import Dnsmasq
-from builder.qemu import Console
+from builder.lab.netns import NetNamespace
+from builder.lab.qemu import Console
+from builder.lab.servers import Dnsmasq
 from tests.conftest import require_root_netns, require_tool
 from tests.imagelab import expect_environment, subnet, x86_command
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from builder.errors import RecipeError
-from builder.images import ImageFormat
-from builder.recipe import load_recipe
+from builder.recipe.formats import ImageFormat
+from builder.recipe.model import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 

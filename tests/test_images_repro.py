@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.keys import KeyType, make_key_pair
+from builder.signing.keys import KeyType, make_key_pair
 from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.network

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from builder.images.fat import make_vfat
-from builder.lab import NetNamespace
-from builder.netlab import Dnsmasq, HttpServer
-from builder.qemu import Console
+from builder.lab.netns import NetNamespace
+from builder.lab.qemu import Console
+from builder.lab.servers import Dnsmasq, HttpServer
 from tests.conftest import ROOT, require_root_netns, require_tool, run_cli
 from tests.imagelab import expect_environment, ovmf_args, subnet, x86_command
 

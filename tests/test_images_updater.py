@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.qemu import Console, machine_for, qemu_command
+from builder.lab.qemu import Console, machine_for, qemu_command
 from tests.conftest import require_qemu, require_tool
 from tests.imagelab import UBOOT_ARM64, expect_environment, fat_read, require_file
 

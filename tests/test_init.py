@@ -13,7 +13,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from builder.kmod import LoadPlan, LoadStep
+from builder.initramfs.kmod import LoadPlan, LoadStep
 from builder.render import make_environment, render_template
 from tests.conftest import require_tool
 from tests.test_discovery import kvm, values

@@ -8,9 +8,10 @@ import os
 import subprocess
 from pathlib import Path
 
-from builder.recipe import Method, load_recipe
+from builder.initramfs.transports import template_values
+from builder.recipe.implied import implied_components
+from builder.recipe.model import Method, load_recipe
 from builder.render import make_environment, render_template
-from builder.transports import implied_components, template_values
 from tests.conftest import ROOT, require_tool
 
 PLATFORM = ROOT / "recipes" / "platforms" / "qemu_x86_64.yaml"

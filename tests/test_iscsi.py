@@ -10,16 +10,15 @@ from pathlib import Path
 import pytest
 
 from builder.errors import BuildError, RecipeError
-from builder.recipe import Method, Recipe, load_recipe
-from builder.render import make_environment, render_template
-from builder.transports import (
+from builder.initramfs.transports import (
     ChapEntry,
-    implied_components,
-    implied_modules,
     parse_chap,
     render_chap,
     template_values,
 )
+from builder.recipe.implied import implied_components, implied_modules
+from builder.recipe.model import Method, Recipe, load_recipe
+from builder.render import make_environment, render_template
 from tests.conftest import ROOT, require_tool
 
 PLATFORM = ROOT / "recipes" / "platforms" / "qemu_x86_64.yaml"

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from builder.iscsilab import Isnsd, Tgt
-from builder.lab import NetNamespace
-from builder.netlab import Dnsmasq
-from builder.qemu import Console, machine_for, qemu_command
+from builder.lab.netns import NetNamespace
+from builder.lab.qemu import Console, machine_for, qemu_command
+from builder.lab.servers import Dnsmasq
 from tests.conftest import require_qemu, require_root_netns, require_tool
+from tests.iscsilab import Isnsd, Tgt
 from tests.transportlab import (
     LAB_RECIPE,
     build_image,

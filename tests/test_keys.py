@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from builder.errors import BuildError
-from builder.keys import (
+from builder.signing.keys import (
     KeyType,
     load_private_key,
     load_public_key,

@@ -1,4 +1,4 @@
-"""Tests for builder.kmod: .modinfo parsing, module closures and the modules.dep we generate."""
+"""Tests for builder.initramfs.kmod: .modinfo parsing, module closures and the modules.dep we generate."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import pytest
 import zstandard
 
-from builder.elf import parse_elf
 from builder.errors import BuildError
-from builder.kmod import (
+from builder.initramfs.elf import parse_elf
+from builder.initramfs.kmod import (
     LoadPlan,
     LoadStep,
     Module,
@@ -29,10 +29,10 @@ from builder.kmod import (
     render_modules_alias,
     render_modules_dep,
 )
-from builder.rootfs import Kind, Tree
+from builder.initramfs.tree import Kind, Tree
 
 if TYPE_CHECKING:
-    from builder.apt import Archive
+    from builder.components.apt import Archive
 
 VERSION = "6.1.0-99-test"
 COMPRESS: dict[str, Callable[[bytes], bytes]] = {

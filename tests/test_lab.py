@@ -21,11 +21,11 @@ from typing import NamedTuple
 
 import pytest
 
-from builder.apt import Archive
-from builder.cache import Cache
-from builder.deb import unpack_deb
+from builder.components.apt import Archive
+from builder.components.cache import Cache
+from builder.components.deb import unpack_deb
 from builder.errors import BuildError, MissingToolError
-from builder.lab import (
+from builder.lab.netns import (
     Console,
     GuestCommandError,
     LabError,

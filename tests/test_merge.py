@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import RecipeError
-from builder.merge import load_merged, render_with_origins
+from builder.recipe.merge import load_merged, render_with_origins
 
 
 def write(path: Path, text: str) -> Path:

@@ -1,4 +1,4 @@
-"""Tests for builder.mirror: the host's apt sources and the --mirror option."""
+"""Tests for builder.components.mirror: the host's apt sources and the --mirror option."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.components.mirror import AptSource, find_host_sources, parse_mirror_option
 from builder.errors import BuildError
-from builder.mirror import AptSource, find_host_sources, parse_mirror_option
 
 # --- host apt sources -------------------------------------------------------------------------
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.cpio import Compression
 from builder.errors import RecipeError
-from builder.recipe import Arch, Recipe, load_recipe
+from builder.recipe.formats import Compression
+from builder.recipe.model import Arch, Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 PLATFORMS = sorted((ROOT / "recipes" / "platforms").glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""The RFC 4173 root-path grammar: builder/rootpath.py and templates/rootpath.sh.j2 (under the
+"""The RFC 4173 root-path grammar: builder/recipe/rootpath.py and templates/rootpath.sh.j2 (under the
 host's BusyBox ash) against the one table of vectors, then against each other on random input."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from builder.render import make_environment, render_template
-from builder.rootpath import (
+from builder.recipe.rootpath import (
     RootPath,
     RootPathError,
     ServerKind,
@@ -20,6 +19,7 @@ from builder.rootpath import (
     parse_lun,
     parse_root_path,
 )
+from builder.render import make_environment, render_template
 from tests.conftest import require_tool
 
 VECTORS: list[dict[str, Any]] = json.loads(

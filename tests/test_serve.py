@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from builder.status import sign
+from builder.factory.status import sign
 from tests.conftest import ROOT, run_cli
 from tests.serving import (
     TOKEN,
@@ -404,7 +404,7 @@ def test_report_status_is_a_no_op_without_token_or_http(tmp_path: Path) -> None:
 
 
 def test_the_store_stops_recording_new_devices_at_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from builder import status
+    from builder.factory import status
 
     monkeypatch.setattr(status, "MAX_DEVICES", 3)
     store = status.StatusStore()

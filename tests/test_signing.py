@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from builder.errors import BuildError, RecipeError
-from builder.keys import KeyType, load_private_key, make_key_pair
-from builder.recipe import load_recipe
-from builder.signers import CommandSigner, KeySigner
-from builder.signing import (
+from builder.initramfs.trust import describe_trust, load_trust
+from builder.recipe.model import load_recipe
+from builder.signing.format import (
     BLOCK_SIZE,
     ImageType,
     Reason,
@@ -26,7 +25,8 @@ from builder.signing import (
     render_block,
     sign_installer,
 )
-from builder.trust import describe_trust, load_trust
+from builder.signing.keys import KeyType, load_private_key, make_key_pair
+from builder.signing.signers import CommandSigner, KeySigner
 from tests.conftest import ROOT, require_tool, run_cli
 from tests.tamper import FLOOR, PLATFORM, Keys, make_keys, payload, signed
 
@@ -172,7 +172,7 @@ def test_external_signer_raw_ecdsa_is_converted_to_der(keys: Keys, tmp_path: Pat
         def sign(self, statement: bytes) -> bytes:
             r, s = decode_dss_signature(keys.b.sign(statement))
             raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-            from builder.signers import normalize_signature
+            from builder.signing.signers import normalize_signature
 
             return normalize_signature(self.public_key.type, raw)
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from builder.status import sign
+from builder.factory.status import sign
 from tests.conftest import fail_or_skip, require_tool
 from tests.serving import TOKEN, Running, running, write_site
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.qemu import Console, clean_output, machine_for, qemu_command
-from builder.signing import BLOCK_SIZE, BootMode, Reason, Refusal
-from builder.trust import verify_signed
-from builder.waterfall import INSTALLER, default_names
+from builder.initramfs.trust import verify_signed
+from builder.lab.qemu import Console, clean_output, machine_for, qemu_command
+from builder.onie.waterfall import INSTALLER, default_names
+from builder.signing.format import BLOCK_SIZE, BootMode, Reason, Refusal
 from tests.conftest import require_qemu, require_tool, run_cli, unpack_initramfs
 from tests.tamper import (
     FLOOR,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from builder.waterfall import default_names, hex_prefixes, mac_folder, waterfall_paths
+from builder.onie.waterfall import default_names, hex_prefixes, mac_folder, waterfall_paths
 
 ONIE_NAMES = (
     "onie-installer-x86_64-kvm_x86_64-r0",

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from builder.keys import KeyType, load_private_key, make_key_pair
-from builder.signers import KeySigner
-from builder.signing import ImageType, sign_installer
+from builder.signing.format import ImageType, sign_installer
+from builder.signing.keys import KeyType, load_private_key, make_key_pair
+from builder.signing.signers import KeySigner
 from tests.conftest import ROOT, require_tool, run_cli
 
 LAB_RECIPE = ROOT / "tests" / "recipes" / "lab_x86_64.yaml"

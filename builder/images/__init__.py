@@ -9,31 +9,16 @@ Builders read host tools through ``builder.process`` and take every time from
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from builder.recipe.formats import ImageFormat
+
 if TYPE_CHECKING:
-    from builder.recipe import Recipe
-
-
-class ImageFormat(enum.Enum):
-    """An output format; the order of the members is the order they are built in."""
-
-    NETBOOT = "netboot"  # kernel + initramfs + iPXE script + GRUB network config
-    FIT = "fit"  # u-boot FIT (.itb) + boot script, arm64
-    UKI = "uki"  # UEFI unified kernel image, x86_64
-    UPDATER = "updater"  # self-extracting installer of the environment onto a disk
-    ISO = "iso"  # hybrid ISO (CD and USB, BIOS and UEFI) with an embed entry, x86_64
-
-    @property
-    def arches(self) -> tuple[str, ...]:
-        """The architectures this format is built for."""
-        return {"fit": ("arm64",), "uki": ("x86_64",), "iso": ("x86_64",)}.get(
-            self.value, ("x86_64", "arm64"))
+    from builder.recipe.model import Recipe
 
 
 @dataclass(frozen=True)

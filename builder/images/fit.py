@@ -14,7 +14,7 @@ from pathlib import Path
 from builder.errors import BuildError
 from builder.images import ImageContext
 from builder.process import find_tool, run
-from builder.recipe import Recipe
+from builder.recipe.model import Recipe
 from builder.render import make_environment, render_template
 
 FIT_NAME = "onie.itb"

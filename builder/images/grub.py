@@ -13,7 +13,7 @@ from typing import Any
 
 from builder.errors import MissingToolError
 from builder.process import find_tool, run
-from builder.recipe import Recipe
+from builder.recipe.model import Recipe
 from builder.render import make_environment, render_template
 
 GRUB_LIB = Path("/usr/lib/grub")

@@ -14,14 +14,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from builder.cpio import render_cpio
 from builder.images import ImageContext
 from builder.images.fat import make_vfat
 from builder.images.grub import find_grub_dir, make_core, render_marker_config, render_menu
 from builder.images.updater import make_updater_file, updater_name
+from builder.initramfs.cpio import render_cpio
+from builder.initramfs.tree import Tree
 from builder.process import find_tool, run
-from builder.recipe import Recipe
-from builder.rootfs import Tree
+from builder.recipe.model import Recipe
 
 WHY = "to build ISO images"
 EMBED_PATH = "/onie-updater"  # where the embed entry's extra initramfs puts the updater

@@ -9,7 +9,7 @@ from pathlib import Path
 from builder.errors import BuildError
 from builder.images import ImageContext
 from builder.images.grub import serial_unit
-from builder.recipe import Recipe
+from builder.recipe.model import Recipe
 from builder.render import make_environment, render_template
 
 FOLDER = "netboot"

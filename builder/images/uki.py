@@ -16,7 +16,7 @@ from builder.errors import BuildError
 from builder.images import ImageContext
 from builder.images.pe import read_layout, set_timestamp
 from builder.process import find_tool, run
-from builder.recipe import Recipe
+from builder.recipe.model import Recipe
 
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 FOLDER = "uki"

@@ -6,7 +6,7 @@ against its sha256 before use. The payload holds the disk region's pieces (build
 the first MiB (protective MBR with GRUB's boot code, primary GPT), the backup GPT, and one
 file system image per partition; the script writes them with ``dd`` (no partitioning tool, no
 grub-install and no mounting on the switch). When the recipe names a key, the file is then
-signed in the signed-installer format (builder.signing) as an "updater" image; the script
+signed in the signed-installer format (builder.signing.format) as an "updater" image; the script
 reads only its own bytes, so the appended signature block does not disturb it.
 """
 
@@ -32,7 +32,7 @@ from builder.images.grub import (
     render_early_config,
     render_menu,
 )
-from builder.recipe import Recipe
+from builder.recipe.model import Recipe
 from builder.render import make_environment, render_template
 
 BOOT_LABEL = "ONIE-BOOT"
@@ -69,9 +69,9 @@ def make_updater(recipe: Recipe, staging: Path, context: ImageContext) -> list[s
 
 def sign_updater(recipe: Recipe, context: ImageContext, src: Path, dest: Path, key: Path) -> None:
     """Sign as an "updater" image for this platform; the version is SOURCE_DATE_EPOCH."""
-    from builder.keys import load_private_key
-    from builder.signers import KeySigner
-    from builder.signing import ImageType, sign_installer
+    from builder.signing.format import ImageType, sign_installer
+    from builder.signing.keys import load_private_key
+    from builder.signing.signers import KeySigner
 
     if not key.is_file():
         raise BuildError(f"images.updater.key: {key}: no such file")

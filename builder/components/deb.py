@@ -1,0 +1,178 @@
+"""Unpacking .deb files into content-addressed folder trees in the cache, which builds only read."""
+
+from __future__ import annotations
+
+import io
+import logging
+import lzma
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import zstandard
+
+from builder.components.cache import Cache, sha256_file
+from builder.errors import BuildError
+
+log = logging.getLogger(__name__)
+
+AR_MAGIC = b"!<arch>\n"
+AR_HEADER = 60
+
+
+def unpack_deb(deb: Path, cache: Cache) -> Path:
+    """The folder holding the files of ``deb``: ``cache.root/trees/<sha256>``, made once."""
+    # A .deb from Cache.fetch is named by its digest; trusting that name keeps a hit free.
+    cached = bool(re.fullmatch(r"[0-9a-f]{64}", deb.name)) and deb == cache.blob_path(deb.name)
+    digest = deb.name if cached else sha256_file(deb)
+    tree = cache.root / "trees" / digest
+    if tree.is_dir():
+        return tree
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=tree.parent, prefix=f".{digest}."))
+    try:
+        with _data_tar(deb) as tar:
+            _extract(tar, tmp, deb)
+        os.replace(tmp, tree)
+    except OSError as exc:
+        if not tree.is_dir():  # else a concurrent build renamed its copy first
+            raise BuildError(f"{deb}: unpacking failed: {exc}") from exc
+    finally:
+        _remove(tmp)
+    log.debug("unpacked %s into %s", deb, tree)
+    return tree
+
+
+@contextmanager
+def _data_tar(deb: Path) -> Iterator[tarfile.TarFile]:
+    """The data.tar.* member of the ar archive ``deb``, opened as a stream."""
+    with deb.open("rb") as f:
+        name, size = _find_data_member(f, deb)
+        member = io.BufferedReader(_Slice(f, size), 1 << 20)
+        # tarfile cannot read zstd (python/cpython#81276); dpkg writes it since 1.21.18.
+        zst = name.endswith(".zst")
+        stream = zstandard.ZstdDecompressor().stream_reader(member) if zst else member
+        try:
+            with tarfile.open(fileobj=stream, mode="r|" if zst else "r|*") as tar:
+                yield tar
+        except (tarfile.TarError, zstandard.ZstdError, EOFError, lzma.LZMAError,
+                zlib.error) as exc:
+            raise BuildError(f"{deb}: corrupt {name}: {exc}") from exc
+
+
+class _Slice(io.RawIOBase):
+    """The next ``size`` bytes of ``f``, so a decompressor cannot read past its ar member."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self._f = f
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._f.read(min(len(buffer), self._left))
+        buffer[: len(data)] = data
+        self._left -= len(data)
+        return len(data)
+
+
+def _find_data_member(f: BinaryIO, deb: Path) -> tuple[str, int]:
+    """Seek ``f`` to the data.tar member and return its name and size (ar format, man 5 ar)."""
+    if f.read(len(AR_MAGIC)) != AR_MAGIC:
+        raise BuildError(f"{deb}: not a Debian package (no ar archive header)")
+    while len(header := f.read(AR_HEADER)) == AR_HEADER:
+        name = header[:16].decode(errors="replace").strip().rstrip("/")
+        try:
+            size = int(header[48:58])
+        except ValueError:
+            break
+        if name.startswith("data.tar"):
+            return name, size
+        f.seek(size + size % 2, os.SEEK_CUR)
+    raise BuildError(f"{deb}: not a Debian package (no data.tar member)")
+
+
+def _extract(tar: tarfile.TarFile, root: Path, deb: Path) -> None:
+    """Write every member under ``root``: files, dirs, symlinks, hard links; no device nodes."""
+    symlinks: set[str] = set()
+    dirs: list[tuple[Path, tarfile.TarInfo]] = []
+    for member in tar:
+        rel = _member_path(member.name, deb)
+        _check_parents(rel, member.name, symlinks, deb)
+        dest = root / rel if rel else root
+        if member.isdir():
+            if rel in symlinks:  # chmod would follow it out of the tree
+                raise BuildError(f"{deb}: refusing to unpack {member.name!r}: a folder over the "
+                                 "symlink of the same name")
+            dest.mkdir(parents=True, exist_ok=True)
+            dirs.append((dest, member))
+            continue
+        if not (member.isreg() or member.issym() or member.islnk()):
+            log.debug("%s: skipping special file %s", deb, member.name)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.is_symlink() or dest.is_file():
+            dest.unlink()
+        if member.issym():
+            os.symlink(member.linkname, dest)
+            symlinks.add(rel)
+        elif member.islnk():
+            source = _member_path(member.linkname, deb)
+            _check_parents(source, member.linkname, symlinks, deb)
+            os.link(root / source, dest, follow_symlinks=False)
+            continue
+        else:
+            _write_file(tar, member, dest)
+        os.utime(dest, (member.mtime, member.mtime), follow_symlinks=False)
+    # Directory modes last, deepest first, so a read-only directory is filled before it closes.
+    for dest, member in reversed(dirs):
+        os.chmod(dest, member.mode & 0o7777)
+        os.utime(dest, (member.mtime, member.mtime))
+    if not any(dest == root for dest, _ in dirs):
+        os.chmod(root, 0o755)
+
+
+def _member_path(name: str, deb: Path) -> str:
+    """``name`` relative to the tree root; absolute names and '..' are refused, never rewritten."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or ".." in parts:
+        raise BuildError(
+            f"{deb}: refusing to unpack {name!r}: absolute paths and '..' are not allowed"
+        )
+    return "/".join(parts)
+
+
+def _check_parents(rel: str, name: str, symlinks: set[str], deb: Path) -> None:
+    """Refuse a member below a symlink of the same package, which could point anywhere."""
+    parts = rel.split("/")
+    for i in range(1, len(parts)):
+        if (parent := "/".join(parts[:i])) in symlinks:
+            raise BuildError(f"{deb}: refusing to unpack {name!r}: it lies below the symlink "
+                             f"{parent!r}")
+
+
+def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
+    source = tar.extractfile(member)
+    assert source is not None
+    # O_NOFOLLOW|O_EXCL: never write through a symlink, even one raced into place.
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+    os.chmod(dest, member.mode & 0o7777)
+
+
+def _remove(path: Path) -> None:
+    """Delete a half-made or duplicate tree, even where package modes made folders read-only."""
+    if not path.exists():
+        return
+    for folder, _, _ in os.walk(path):
+        os.chmod(folder, 0o700)
+    shutil.rmtree(path)

@@ -1,0 +1,247 @@
+"""Resolve a recipe's components to files on disk: Debian packages, pinned URLs and local files.
+
+With a lock, Debian packages are fetched by pool path and sha256 (from the cache when
+present, so a locked build works offline); without one they are looked up in the
+archive's signed indexes and the result can be written back as a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.components.apt import Archive, DebPackage
+from builder.components.cache import Cache
+from builder.components.deb import unpack_deb
+from builder.components.lock import Lock, Pin, PlatformLock
+from builder.components.mirror import AptSource, find_host_sources, parse_mirror_option
+from builder.errors import BuildError
+from builder.recipe.implied import implied_components
+from builder.recipe.model import Component, Recipe, Source
+
+log = logging.getLogger(__name__)
+
+KERNEL_IMAGE_RE = re.compile(r"^(?:vmlinuz|vmlinux|Image)-(?P<version>.+)$")
+
+
+@dataclass(frozen=True)
+class Package:
+    """A .deb that a component uses, pinned and unpacked."""
+
+    pin: Pin
+    root: Path
+
+    @property
+    def origin(self) -> str:
+        """Provenance string for the manifest, e.g. ``debian:busybox-static=1:1.35.0-4+b1``."""
+        return f"debian:{self.pin.name}={self.pin.version}"
+
+
+@dataclass(frozen=True)
+class ResolvedComponent:
+    """A recipe component with its content on disk."""
+
+    component: Component
+    key: str
+    packages: tuple[Package, ...]
+    file: Path | None
+    sha256: str
+
+    @property
+    def origin(self) -> str:
+        """Provenance for files that come from this component's single file."""
+        return self.key
+
+
+@dataclass(frozen=True)
+class ResolvedKernel:
+    """The kernel image and, when it came from a package, its modules folder."""
+
+    packages: tuple[Package, ...]
+    image: Path
+    release: str
+    modules_dir: Path | None
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Everything a build reads from outside the recipe."""
+
+    kernel: ResolvedKernel
+    components: tuple[ResolvedComponent, ...]
+    lock: PlatformLock
+    pins: tuple[Pin, ...]
+
+
+def source_key(source: Source) -> str:
+    """A stable name for a source, used as the key in lock files and manifests."""
+    if source.debian is not None:
+        return f"debian:{source.debian}"
+    if source.url is not None:
+        return f"url:{source.url}"
+    assert source.path is not None
+    return f"path:{source.path.name}"
+
+
+def find_apt_sources(recipe: Recipe, mirror: str | None) -> list[AptSource]:
+    """The archive to use: ``--mirror``, else the recipe's, else the host's apt sources."""
+    if mirror:
+        return parse_mirror_option(mirror)
+    if recipe.debian.mirror:
+        suites = ",".join(recipe.debian.suites)
+        if not suites:
+            raise BuildError("debian.mirror needs debian.suites (e.g. [bookworm])")
+        return parse_mirror_option(f"{recipe.debian.mirror} {suites} "
+                                   f"{','.join(recipe.debian.components)}")
+    sources = find_host_sources()
+    if recipe.debian.suites:
+        wanted = set(recipe.debian.suites)
+        sources = [AptSource(s.uri, tuple(x for x in s.suites if x in wanted), s.components,
+                             s.keyring) for s in sources]
+        sources = [s for s in sources if s.suites]
+    if not sources:
+        raise BuildError("no Debian archive configured: the host has no apt sources",
+                         hint="pass --mirror 'URI SUITE[,SUITE] [COMPONENT,...]'")
+    return sources
+
+
+class Resolver:
+    """Turns one recipe's sources into packages and files, from a lock or from the archive."""
+
+    def __init__(self, recipe: Recipe, cache: Cache, apt_sources: list[AptSource],
+                 lock: Lock | None = None) -> None:
+        self.recipe = recipe
+        self.cache = cache
+        self.apt_sources = apt_sources
+        self.lock = lock
+        self.arch = recipe.platform.arch.debian
+        self.platform_lock = (lock.platforms.get(recipe.platform_string) if lock else None)
+        if lock is not None and self.platform_lock is None:
+            raise BuildError(f"the lock file has no entry for {recipe.platform_string}",
+                             hint=f"run 'onie-builder lock {recipe.name}'")
+        self._archive: Archive | None = None
+        self._pins: dict[str, Pin] = {}
+
+    @property
+    def archive(self) -> Archive:
+        """The Debian archive, opened only when something is not pinned."""
+        if self._archive is None:
+            self._archive = Archive(self.apt_sources, self.arch, self.cache)
+        return self._archive
+
+    def resolve(self) -> Resolution:
+        """Resolve the kernel and every initramfs component."""
+        out_lock = PlatformLock()
+        kernel = self._resolve_kernel(out_lock)
+        components = tuple(self._resolve_component(c, out_lock)
+                           for c in (*self.recipe.initramfs.components,
+                                     *implied_components(self.recipe)))
+        pins = tuple(sorted(self._pins.values(), key=lambda p: p.name))
+        return Resolution(kernel, components, out_lock, pins)
+
+    def _resolve_kernel(self, out_lock: PlatformLock) -> ResolvedKernel:
+        source = self.recipe.kernel
+        if source.debian is not None:
+            names = (self.platform_lock.kernel if self.platform_lock
+                     else [self._kernel_package_name(source.debian, source.version)])
+            packages = tuple(self._package(n, None) for n in names)
+            out_lock.kernel = [p.pin.name for p in packages]
+        elif source.is_package:
+            packages = (self._local_package(source),)
+        else:
+            image = self._single_file(source)[1]
+            if self.recipe.kernel.modules:
+                raise BuildError("kernel.modules needs a kernel package (.deb); "
+                                 "a bare kernel image has no modules")
+            return ResolvedKernel((), image, "unknown", None)
+        return self._kernel_from(packages)
+
+    def _kernel_package_name(self, name: str, version: str | None) -> str:
+        """Follow a metapackage such as ``linux-image-amd64`` to the versioned kernel package."""
+        pkg = self.archive.find(name, version)
+        if re.match(r"linux-image-\d", pkg.name):
+            return pkg.name
+        for dep in pkg.depends:
+            first = re.split(r"[\s(:|]", dep.strip(), maxsplit=1)[0]
+            if re.match(r"linux-image-\d", first):
+                return first
+        return pkg.name
+
+    def _kernel_from(self, packages: tuple[Package, ...]) -> ResolvedKernel:
+        for package in packages:
+            boot = package.root / "boot"
+            images = sorted(p for p in boot.glob("*") if KERNEL_IMAGE_RE.match(p.name)) \
+                if boot.is_dir() else []
+            if images:
+                match = KERNEL_IMAGE_RE.match(images[0].name)
+                assert match is not None
+                release = match["version"]
+                modules = package.root / "lib" / "modules" / release
+                return ResolvedKernel(packages, images[0], release,
+                                      modules if modules.is_dir() else None)
+        names = ", ".join(p.pin.name for p in packages)
+        raise BuildError(f"kernel package {names} holds no boot/vmlinuz-*")
+
+    def _resolve_component(self, component: Component, out_lock: PlatformLock) -> ResolvedComponent:
+        key = source_key(component)
+        if component.debian is not None:
+            if self.platform_lock is not None:
+                try:
+                    names = self.platform_lock.components[key]
+                except KeyError:
+                    raise BuildError(f"the lock file has no entry for {key} on "
+                                     f"{self.recipe.platform_string}",
+                                     hint="run 'onie-builder lock' again") from None
+                packages = tuple(self._package(n, None) for n in names)
+            else:
+                wanted = self.archive.find(component.debian, component.version)
+                closure = self.archive.closure([wanted.name]) if component.binaries else [wanted]
+                closure = [wanted, *[p for p in closure if p.name != wanted.name]]
+                packages = tuple(self._package(p.name, p) for p in closure)
+            out_lock.components[key] = [p.pin.name for p in packages]
+            return ResolvedComponent(component, key, packages, None, packages[0].pin.sha256)
+        if component.is_package:
+            package = self._local_package(component)
+            return ResolvedComponent(component, key, (package,), None, package.pin.sha256)
+        sha256, path = self._single_file(component)
+        return ResolvedComponent(component, key, (), path, sha256)
+
+    def _package(self, name: str, found: DebPackage | None) -> Package:
+        """Fetch and unpack one Debian package, pinned by the lock or by the archive's index."""
+        if self.lock is not None:
+            pin = self.lock.pin(self.arch, name) if name in self.lock.packages.get(self.arch, {}) \
+                else self.lock.pin("all", name)
+            deb = self._fetch_pinned(pin)
+        else:
+            pkg = found or self.archive.find(name)
+            pin = Pin(pkg.name, pkg.version, pkg.arch, pkg.sha256, pkg.size, pkg.filename)
+            deb = self.archive.fetch(pkg)
+        self._pins[pin.name] = pin
+        return Package(pin, unpack_deb(deb, self.cache))
+
+    def _fetch_pinned(self, pin: Pin) -> Path:
+        if (hit := self.cache.find(pin.sha256)) is not None:
+            return hit
+        errors: list[str] = []
+        for source in self.apt_sources:
+            try:
+                return self.cache.fetch(f"{source.uri}/{pin.filename}", pin.sha256)[1]
+            except BuildError as exc:
+                errors.append(exc.message)
+        raise BuildError(f"could not fetch pinned {pin.name}={pin.version}:\n" + "\n".join(errors))
+
+    def _local_package(self, source: Source) -> Package:
+        sha256, deb = self._single_file(source)
+        name = source.url.rsplit("/", 1)[-1] if source.url else deb.name
+        pin = Pin(name, "", self.arch, sha256, deb.stat().st_size, name)
+        return Package(pin, unpack_deb(deb, self.cache))
+
+    def _single_file(self, source: Source) -> tuple[str, Path]:
+        if source.url is not None:
+            return self.cache.fetch(source.url, source.sha256)
+        assert source.path is not None
+        if not source.path.is_file():
+            raise BuildError(f"{source.path}: no such file (named by a 'path' source)")
+        return self.cache.put_file(source.path)

@@ -1,0 +1,180 @@
+"""Assemble the initramfs tree: skeleton, components, kernel modules, templates and overlays."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder import __version__
+from builder.components.resolve import Resolution, ResolvedComponent
+from builder.errors import BuildError
+from builder.initramfs import discovery, transports, trust
+from builder.initramfs.elf import install_elf_closure, parse_elf
+from builder.initramfs.kmod import Module, find_module_closure, index_modules, install_modules, make_load_plan
+from builder.initramfs.tree import Kind, Tree
+from builder.recipe.implied import implied_modules
+from builder.recipe.model import Recipe
+from builder.render import make_environment, render_template, template_sources
+
+SKELETON_DIRS = ("/bin", "/sbin", "/usr/bin", "/usr/sbin", "/etc", "/proc", "/sys", "/dev",
+                 "/run", "/tmp", "/var/log", "/root", "/mnt", "/lib/modules")
+
+# Nodes the kernel needs before devtmpfs is mounted (the console for /init's first output).
+DEVICE_NODES = (("/dev/console", Kind.CHAR, 5, 1, 0o600), ("/dev/null", Kind.CHAR, 1, 3, 0o666))
+
+# (template name, path in the image, mode): the rendered part of the environment.
+TEMPLATES = (
+    ("init.j2", "/init", 0o755),
+    ("machine.conf.j2", "/etc/machine.conf", 0o644),
+    ("os-release.j2", "/etc/os-release", 0o644),
+    ("profile.j2", "/etc/profile", 0o644),
+    ("modprobe.conf.j2", "/etc/modprobe.d/onie.conf", 0o644),  # module options (usb-storage)
+    # Discovery (builder/initramfs/discovery.py): /bin/onie-discovery and its udhcpc event script.
+    *((name, discovery.PATHS[key], mode) for name, key, mode in discovery.TEMPLATES),
+    # Signed installers (builder/initramfs/trust.py): the verifier, also included in /bin/onie-discovery.
+    ("verify.sh.j2", "/lib/onie/verify.sh", 0o644),
+    # Transports (builder/initramfs/transports.py): dhcpcd's configuration and hook for DHCPv6.
+    ("dhcpcd.conf.j2", transports.PATHS["dhcpcd_conf"], 0o644),
+    ("dhcpcd.hook.j2", transports.PATHS["dhcpcd_hook"], 0o755),
+    # Embed (builder/images, docs/images.md): install onto the disk from the ISO's embed entry.
+    ("embed.sh.j2", "/usr/sbin/onie-embed", 0o755),
+    ("embed-rc.j2", "/etc/rc.d/S05embed", 0o755),
+)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Values known at build time that templates use."""
+
+    recipe: Recipe
+    resolution: Resolution
+    source_date_epoch: int
+    modules: tuple[Module, ...] = ()  # the installed kernel modules (make_tree fills it in)
+
+    def template_values(self) -> dict[str, Any]:
+        """The variables every template sees."""
+        date = datetime.datetime.fromtimestamp(self.source_date_epoch, datetime.UTC)
+        return {
+            "recipe": self.recipe,
+            "platform": self.recipe.platform,
+            "builder_version": __version__,
+            "build_date": date.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "kernel_version": self.resolution.kernel.release,
+            "firmware": "auto",
+            "modules": self.recipe.kernel.modules,
+            # /init loads them by need (kmod.make_load_plan, docs/discovery.md "Boot timing").
+            "module_load": make_load_plan(self.recipe.kernel.modules, self.modules),
+            **discovery.template_values(self.recipe, self.resolution.kernel.release, __version__),
+            **trust.template_values(self.recipe, self.source_date_epoch),
+            **transports.template_values(self.recipe, self.source_date_epoch),
+        }
+
+
+def make_tree(context: Context) -> Tree:
+    """Build the complete initramfs tree for a recipe."""
+    tree = Tree()
+    install_skeleton(tree)
+    for component in context.resolution.components:
+        install_component(tree, component, context.recipe)
+    context = dataclasses.replace(context, modules=install_kernel_modules(tree, context))
+    install_templates(tree, context)
+    trust.install_trust(tree, trust.load_trust(context.recipe.trust, context.source_date_epoch))
+    transports.install_transports(tree, context.recipe)
+    for overlay in context.recipe.initramfs.overlays:
+        if not overlay.is_dir():
+            raise BuildError(f"{overlay}: overlay folder does not exist")
+        tree.add_host_tree(overlay, "/", origin=f"overlay:{overlay.name}")
+    return tree
+
+
+def install_skeleton(tree: Tree) -> None:
+    """The folders and device nodes every environment has."""
+    for path in SKELETON_DIRS:
+        tree.add_dir(path)
+    tree.add_dir("/tmp", 0o1777)
+    for path, kind, major, minor, mode in DEVICE_NODES:
+        tree.add_device(path, kind, major, minor, mode=mode, origin="builtin")
+
+
+def install_component(tree: Tree, resolved: ResolvedComponent, recipe: Recipe) -> None:
+    """Put a component's files in the tree; ELF binaries bring their library closure."""
+    component = resolved.component
+    if resolved.file is not None:
+        assert component.dest is not None
+        tree.add_file(component.dest, source=resolved.file, mode=component.mode,
+                      origin=resolved.origin)
+        return
+    roots = [p.root for p in resolved.packages]
+    origins = {p.root: p.origin for p in resolved.packages}
+    main = resolved.packages[0]
+    for path in component.files:
+        _install_package_file(tree, main.root, path, main.origin)
+    if component.binaries:
+        installed = install_elf_closure(tree, roots, component.binaries,
+                                        lambda root: origins.get(root, "debian"))
+        check_machine(tree, installed, recipe)
+
+
+def _install_package_file(tree: Tree, root: Path, path: str, origin: str) -> None:
+    host = root / path.lstrip("/")
+    if host.is_symlink():
+        tree.add_symlink(path, str(host.readlink()), origin=origin)
+    elif host.is_file():
+        tree.add_file(path, source=host, mode=host.stat().st_mode, origin=origin)
+    elif host.is_dir():
+        tree.add_host_tree(host, path, origin=origin)
+    else:
+        raise BuildError(f"{origin}: the package has no {path}")
+
+
+def check_machine(tree: Tree, paths: list[str], recipe: Recipe) -> None:
+    """Refuse an ELF file built for another architecture than the platform's."""
+    want = recipe.platform.arch.elf_machine
+    for path in paths:
+        entry = tree.get(path)
+        if entry is None or entry.source is None or entry.kind is not Kind.FILE:
+            continue
+        info = parse_elf(entry.source)
+        if info is not None and info.machine != want:
+            raise BuildError(f"{path} from {entry.origin} is {info.machine}, but "
+                             f"{recipe.platform_string} needs {want}")
+
+
+def install_kernel_modules(tree: Tree, context: Context) -> tuple[Module, ...]:
+    """The wanted modules and their dependency closure, with a generated modules.dep."""
+    kernel = context.resolution.kernel
+    wanted = [*context.recipe.kernel.modules, *implied_modules(context.recipe)]
+    if not wanted:
+        return ()
+    if kernel.modules_dir is None:
+        raise BuildError(f"kernel {kernel.release} has no lib/modules folder")
+    index = index_modules(kernel.modules_dir)
+    modules = find_module_closure(index, list(wanted))
+    origin = kernel.packages[0].origin if kernel.packages else "kernel"
+    install_modules(tree, kernel.release, modules, origin)
+    return tuple(modules)
+
+
+def install_templates(tree: Tree, context: Context) -> None:
+    """Render /init, /etc/machine.conf and the other templates into the tree."""
+    env = make_environment(context.recipe.templates)
+    values = context.template_values()
+    names = [name for name, _, _ in TEMPLATES]
+    files = template_sources(env, names)
+    for name, dest, mode in TEMPLATES:
+        text = render_template(env, name, values)
+        tree.add_file(dest, data=text.encode(), mode=mode,
+                      origin=f"template:{_template_origin(files[name], context.recipe)}")
+
+
+def _template_origin(filename: str, recipe: Recipe) -> str:
+    """A template's origin without build-machine paths: builtin name or vendor folder name."""
+    path = Path(filename)
+    for folder in recipe.templates:
+        if path.is_relative_to(folder):
+            return posixpath.join(folder.name, path.relative_to(folder).as_posix())
+    return path.name

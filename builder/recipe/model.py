@@ -1,0 +1,516 @@
+"""The recipe model: loading, inheritance, validation and the frozen ``Recipe`` value.
+
+Validation goes through pydantic (typed, frozen models with ``extra="forbid"``); every
+problem is reported at once as ``file:line: key.path: message, got 'value'``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from builder.errors import RecipeError
+from builder.recipe.document import KeyPath
+from builder.recipe.formats import Compression, ImageFormat
+from builder.recipe.merge import Merged, load_merged
+from builder.recipe.rootpath import parse_root_path
+from builder.recipe.validation import describe_error, resolve_relative
+
+NAME_RE = re.compile(r"^[a-z0-9]+$")
+MACHINE_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+ISCSI_NAME_RE = re.compile(r"iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9][a-z0-9.:-]*|eui\.[0-9A-Fa-f]{16}"
+                           r"|naa\.(?:[0-9A-Fa-f]{16}|[0-9A-Fa-f]{32})")
+BAUD_RATES = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+
+
+class Arch(enum.Enum):
+    """A target architecture, named as ONIE names it, with what each tool calls it."""
+
+    X86_64 = "x86_64"
+    ARM64 = "arm64"
+
+    @property
+    def debian(self) -> str:
+        """Debian's name for the architecture."""
+        return {"x86_64": "amd64", "arm64": "arm64"}[self.value]
+
+    @property
+    def elf_machine(self) -> str:
+        """The ELF ``e_machine`` every binary of this architecture must carry."""
+        return {"x86_64": "EM_X86_64", "arm64": "EM_AARCH64"}[self.value]
+
+
+class Model(BaseModel):
+    """Base of every recipe section: frozen, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class Console(Model):
+    """The serial console the environment talks on."""
+
+    device: str = "ttyS0"
+    speed: int = 115200
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"tty[A-Za-z]*[0-9]+", v):
+            raise ValueError(f"expected a tty device name like 'ttyS0', got {v!r}")
+        return v
+
+    @field_validator("speed")
+    @classmethod
+    def _speed(cls, v: int) -> int:
+        if v not in BAUD_RATES:
+            raise ValueError(f"expected one of {', '.join(map(str, BAUD_RATES))}, got {v!r}")
+        return v
+
+
+class Platform(Model):
+    """A platform's identity, named by ONIE's rules (machine is ``<vendor>_<model>``)."""
+
+    vendor: str
+    machine: str
+    machine_rev: Annotated[int, Field(ge=0, le=255)] = 0
+    arch: Arch
+    switch_asic: str
+    vendor_id: Annotated[int, Field(ge=1, le=4294967295)]
+    console: Console = Console()
+    description: str = ""
+
+    @field_validator("vendor")
+    @classmethod
+    def _vendor(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"expected lower-case letters and digits (ONIE vendor name), got {v!r}")
+        return v
+
+    @field_validator("machine", "switch_asic")
+    @classmethod
+    def _lower_name(cls, v: str) -> str:
+        if not MACHINE_RE.match(v):
+            raise ValueError(f"expected lower-case letters, digits and '_', got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _machine_prefix(self) -> Self:
+        if not self.machine.startswith(self.vendor + "_"):
+            raise ValueError(f"machine: expected '<vendor>_<model>' starting with "
+                             f"'{self.vendor}_', got {self.machine!r}")
+        return self
+
+    @property
+    def platform_string(self) -> str:
+        """ONIE's platform string ``<arch>-<machine>-r<rev>``."""
+        return f"{self.arch.value}-{self.machine}-r{self.machine_rev}"
+
+
+class Source(Model):
+    """Where a component comes from: a Debian package, a URL pinned by sha256, or a local file."""
+
+    debian: str | None = None
+    version: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+    path: Path | None = None
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, v: str | None) -> str | None:
+        if v is not None and not SHA256_RE.match(v):
+            raise ValueError(f"expected 64 lower-case hex digits, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        given = [k for k in ("debian", "url", "path") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("expected exactly one of 'debian', 'url' or 'path'"
+                             + (f", got {' and '.join(given)}" if given else ""))
+        if self.url is not None and self.sha256 is None:
+            raise ValueError("a 'url' source needs 'sha256' to pin its content")
+        if self.url is not None and not self.url.startswith(("https://", "http://")):
+            raise ValueError(f"url: expected an http(s) URL, got {self.url!r}")
+        if self.version is not None and self.debian is None:
+            raise ValueError("'version' applies only to a 'debian' source")
+        return self
+
+    @property
+    def is_package(self) -> bool:
+        """True when the source is a .deb (from Debian, a URL or a local file)."""
+        if self.debian is not None:
+            return True
+        name = self.url if self.url is not None else str(self.path)
+        return name.endswith(".deb")
+
+
+def _in_tree(v: str) -> str:
+    if not v.startswith("/") or ".." in v.split("/"):
+        raise ValueError(f"expected an absolute path inside the image, got {v!r}")
+    return v
+
+
+InTreePath = Annotated[str, AfterValidator(_in_tree)]
+
+
+class Component(Source):
+    """Files for the initramfs: ELF ``binaries`` (with their libraries) or plain ``files``."""
+
+    binaries: list[InTreePath] = []
+    files: list[InTreePath] = []
+    dest: InTreePath | None = None
+    mode: Annotated[int, Field(ge=0, le=0o7777)] = 0o644
+
+    @model_validator(mode="after")
+    def _what_to_install(self) -> Self:
+        if self.is_package and not (self.binaries or self.files):
+            raise ValueError("a package component needs 'binaries' or 'files' to install")
+        if not self.is_package and self.dest is None:
+            raise ValueError("a single-file component needs 'dest'")
+        return self
+
+
+class Kernel(Source):
+    """The kernel: a Debian kernel package (or metapackage), the modules wanted, the command line."""
+
+    modules: list[str] = []
+    cmdline: str = ""
+
+
+class Initramfs(Model):
+    """What goes into the initramfs besides the kernel modules and rendered templates."""
+
+    @model_validator(mode="after")
+    def _level(self) -> Self:
+        levels = self.compression.levels
+        if self.compression_level is not None and self.compression_level not in levels:
+            span = f"{levels.start} to {levels.stop - 1}" if levels else "no level"
+            raise ValueError(f"compression_level: {self.compression.value} takes {span}, "
+                             f"got {self.compression_level}")
+        return self
+
+    compression: Compression = Compression.XZ
+    compression_level: int | None = None
+    components: list[Component] = []
+    overlays: list[Path] = []
+
+
+class DebianArchive(Model):
+    """Which Debian archive packages come from; by default the host's apt sources."""
+
+    mirror: str | None = None
+    suites: list[str] = []
+    components: list[str] = ["main"]
+
+
+class Method(enum.Enum):
+    """A way discovery looks for an installer; the default order is ONIE's (exact first)."""
+
+    INSTALL_URL = "install_url"  # install_url= on the kernel command line
+    LOCAL = "local"  # USB and local partitions holding a default file name
+    DHCP_URL = "dhcp_url"  # exact URLs from DHCP: VIVSO (125) sub-option 1/2, then option 114
+    ISCSI = "iscsi"  # RFC 4173 root paths (netroot=, recipe, option 17); off unless transports enable it
+    HTTP = "http"  # the HTTP sweep over servers named by DHCP, onie-server and neighbours
+    TFTP = "tftp"  # TFTP with siaddr/option 66/option 150 and the boot file (67)
+    WATERFALL = "waterfall"  # the TFTP waterfall: MAC folder, hex-IP folders, root names
+    IPV6 = "ipv6"  # DHCPv6 option 59 (RFC 5970), then HTTP on IPv6 link-local neighbours
+
+
+class AfterInstall(enum.Enum):
+    """What follows an installer that exits 0 (poweroff suits tests: QEMU ends)."""
+
+    REBOOT = "reboot"
+    POWEROFF = "poweroff"
+
+
+class Backoff(Model):
+    """The pause between discovery rounds: ``first`` doubling up to ``limit``, plus jitter."""
+
+    first: Annotated[float, Field(ge=0.1, le=3600)] = 2.0
+    limit: Annotated[float, Field(ge=0.1, le=3600)] = 60.0
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.25  # up to this fraction is added at random
+
+    @model_validator(mode="after")
+    def _order(self) -> Self:
+        if self.limit < self.first:
+            raise ValueError(f"limit: expected at least first ({self.first:g}), got {self.limit:g}")
+        return self
+
+
+class Timeouts(Model):
+    """Bounds in seconds on each network step (BusyBox tools take whole seconds)."""
+
+    dhcp_tries: Annotated[int, Field(ge=1, le=60)] = 4  # DHCPDISCOVERs per round
+    dhcp_interval: Annotated[int, Field(ge=1, le=60)] = 1  # seconds between them
+    connect: Annotated[int, Field(ge=1, le=300)] = 2  # an HTTP server's liveness probe
+    transfer: Annotated[int, Field(ge=1, le=86400)] = 600  # one whole download
+    tftp: Annotated[int, Field(ge=1, le=300)] = 3  # a TFTP request with no answer
+    local: Annotated[float, Field(ge=0, le=60)] = 3.0  # wait for USB disks being probed
+
+
+def _unique_methods(v: list[Method]) -> list[Method]:
+    seen = [m for i, m in enumerate(v) if m in v[:i]]
+    if seen:
+        raise ValueError(f"expected each method once, got {seen[0].value!r} twice")
+    return v
+
+
+class Discovery(Model):
+    """How the environment finds and runs an installer after boot (see docs/discovery.md)."""
+
+    shell: bool = True
+    after_install: AfterInstall = AfterInstall.REBOOT
+    # Run installers without a signature check (prints a warning on every boot); without it
+    # every installer is refused until a verifier is built in.
+    insecure: bool = False
+    methods: Annotated[list[Method], AfterValidator(_unique_methods)] = list(Method)
+    interfaces: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]] = []
+    backoff: Backoff = Backoff()
+    timeouts: Timeouts = Timeouts()
+
+
+class FitImage(Model):
+    """The u-boot FIT: an optional device tree and an optional signing key (see docs/images.md)."""
+
+    key: Path | None = None  # RSA private key (PEM); its file stem is the FIT key-name-hint
+    dtb: Path | None = None  # a device tree file
+    kernel_dtb: str | None = None  # a device tree from the kernel package, e.g. "marvell/x.dtb"
+    load_address: Annotated[int, Field(ge=0, le=2**64 - 1)] = 0x40400000  # kernel load/entry
+    fit_address: Annotated[int, Field(ge=0, le=2**64 - 1)] = 0x48000000  # where boot.scr loads it
+
+    @model_validator(mode="after")
+    def _one_dtb(self) -> Self:
+        if self.dtb is not None and self.kernel_dtb is not None:
+            raise ValueError("expected at most one of 'dtb' and 'kernel_dtb'")
+        if self.kernel_dtb is not None and (
+                not re.fullmatch(r"[\w.,+-]+(/[\w.,+-]+)*\.dtb", self.kernel_dtb)
+                or ".." in self.kernel_dtb.split("/")):
+            raise ValueError(f"kernel_dtb: expected a relative path ending in .dtb, "
+                             f"got {self.kernel_dtb!r}")
+        return self
+
+
+class UkiImage(Model):
+    """The UEFI unified kernel image; signed for Secure Boot when given a key and certificate."""
+
+    secureboot_key: Path | None = None  # PEM private key
+    secureboot_cert: Path | None = None  # PEM certificate (enrolled in db)
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.secureboot_key is None) != (self.secureboot_cert is None):
+            raise ValueError("expected both 'secureboot_key' and 'secureboot_cert', or neither")
+        return self
+
+
+class UpdaterImage(Model):
+    """The updater; signed in the signed-installer format when the recipe gives a key."""
+
+    key: Path | None = None  # private key (builder.signing.keys formats); Ed25519 or RSA sign reproducibly
+
+
+def _unique_formats(v: list[ImageFormat]) -> list[ImageFormat]:
+    seen = [f for i, f in enumerate(v) if f in v[:i]]
+    if seen:
+        raise ValueError(f"expected each format once, got {seen[0].value!r} twice")
+    return v
+
+
+class Images(Model):
+    """Which boot images to build for the platform, and their options (docs/images.md)."""
+
+    formats: Annotated[list[ImageFormat], AfterValidator(_unique_formats)] = []
+    fit: FitImage = FitImage()
+    uki: UkiImage = UkiImage()
+    updater: UpdaterImage = UpdaterImage()
+    grub_timeout: Annotated[int, Field(ge=0, le=600)] = 5  # seconds the GRUB menus wait
+    boot_size_mib: Annotated[int, Field(ge=16, le=4096)] = 128  # the disk's ONIE-BOOT partition
+
+
+def _hex64(v: str) -> str:
+    if not SHA256_RE.match(v):
+        raise ValueError(f"expected 64 lower-case hex digits, got {v!r}")
+    return v
+
+
+Hex64 = Annotated[str, AfterValidator(_hex64)]
+
+
+class Trust(Model):
+    """Which signed installers the environment runs (docs/signed-installer.md): public keys
+    (several, for rotation; paths relative to the recipe), revoked key ids, revoked payload
+    digests and the lowest version accepted (the rollback floor)."""
+
+    keys: list[Path] = []
+    revoked_keys: list[Hex64] = []
+    revoked_digests: list[Hex64] = []
+    min_version: Annotated[int, Field(ge=0, le=10**18 - 1)] = 0
+
+
+def _root_path(v: str) -> str:
+    parse_root_path(v)  # RootPathError is a ValueError: its message names the field
+    return v
+
+
+def _iscsi_name(v: str) -> str:
+    if not ISCSI_NAME_RE.fullmatch(v) or len(v) > 223:
+        raise ValueError(f"expected an iSCSI name such as 'iqn.2024-01.com.example:switch', got {v!r}")
+    return v
+
+
+def _clock_floor(v: str) -> str:
+    if v not in ("build", "none") and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
+        raise ValueError(f"expected 'build', 'none' or a date YYYY-MM-DD, got {v!r}")
+    return v
+
+
+def _isns_server(v: str) -> str:
+    host, _, port = v.rpartition(":") if ":" in v else (v, "", "")
+    if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host) or (port and not ISNS_PORT_RE.fullmatch(port)):
+        raise ValueError(f"expected an IPv4 address or host name, optionally ':port', got {v!r}")
+    return v
+
+
+RootPathText = Annotated[str, AfterValidator(_root_path)]
+ISNS_PORT_RE = re.compile(r"[1-9][0-9]{0,4}")
+
+
+class Https(Model):
+    """HTTPS downloads that check the server (docs/transports.md): CA certificates baked in (PEM
+    files; none means https:// URLs are refused), optional SubjectPublicKeyInfo sha256 pins,
+    the floor for validity dates when the clock is wrong, and how many redirects to follow."""
+
+    ca: list[Path] = []
+    pins: list[Hex64] = []
+    floor: Annotated[str, AfterValidator(_clock_floor)] = "build"
+    redirects: Annotated[int, Field(ge=0, le=10)] = 0
+
+
+class Iscsi(Model):
+    """iSCSI boot per RFC 4173 (docs/transports.md); off unless ``enabled`` (section 8)."""
+
+    enabled: bool = False
+    root_paths: list[RootPathText] = []  # tried after netroot= and before DHCP option 17
+    initiator: Annotated[str, AfterValidator(_iscsi_name)] | None = None  # default: platform+serial
+    chap: Path | None = None  # the CHAP secrets file baked in (never in logs or the manifest)
+    isns: list[Annotated[str, AfterValidator(_isns_server)]] = []  # besides DHCP option 83
+    tpgt: Annotated[int, Field(ge=0, le=65535)] = 1  # target portal group tag for iscsistart
+    timeout: Annotated[int, Field(ge=1, le=300)] = 15  # seconds for a login and the LUN to appear
+
+
+class Ipv6(Model):
+    """IPv6: SLAAC and link-local neighbours for the HTTP sweep, DHCPv6 for option 59."""
+
+    enabled: bool = True
+    dhcpv6: bool = False  # needs dhcpcd (Debian's dhcpcd-base, ~400 KB) in the image
+    wait: Annotated[float, Field(ge=0, le=60)] = 3.0  # seconds for router advertisements and DAD
+
+
+class Transports(Model):
+    """Network transports beyond plain HTTP and TFTP (docs/transports.md)."""
+
+    https: Https = Https()
+    iscsi: Iscsi = Iscsi()
+    ipv6: Ipv6 = Ipv6()
+
+
+class Recipe(Model):
+    """A fully resolved platform recipe."""
+
+    name: str
+    version: str = "2026.11"
+    platform: Platform
+    debian: DebianArchive = DebianArchive()
+    kernel: Kernel
+    initramfs: Initramfs = Initramfs()
+    templates: list[Path] = []
+    discovery: Discovery = Discovery()
+    trust: Trust = Trust()
+    images: Images = Images()
+    transports: Transports = Transports()
+
+    @field_validator("images")
+    @classmethod
+    def _formats_for_arch(cls, v: Images, info: ValidationInfo) -> Images:
+        platform = info.data.get("platform")
+        if platform is None:
+            return v
+        wrong = [f.value for f in v.formats if platform.arch.value not in f.arches]
+        if wrong:
+            raise ValueError(f"formats: {', '.join(map(repr, wrong))} cannot be built for "
+                             f"{platform.arch.value}")
+        return v
+
+    @property
+    def platform_string(self) -> str:
+        """ONIE's platform string, e.g. ``x86_64-qemu_x86_64-r0``."""
+        return self.platform.platform_string
+
+
+PATH_FIELDS: tuple[KeyPath, ...] = (("templates",), ("initramfs", "overlays"), ("trust", "keys"),
+                                    ("transports", "https", "ca"))
+# Single paths, resolved like the lists above.
+PATH_SCALARS: tuple[KeyPath, ...] = (("transports", "iscsi", "chap"),
+                                     ("images", "fit", "key"), ("images", "fit", "dtb"),
+                                     ("images", "uki", "secureboot_key"),
+                                     ("images", "uki", "secureboot_cert"),
+                                     ("images", "updater", "key"))
+
+
+def load_recipe(path: Path) -> tuple[Recipe, Merged]:
+    """Load, merge and validate a recipe file; raise RecipeError listing every problem."""
+    merged = load_merged(path)
+    data = dict(merged.data)
+    data.setdefault("name", path.stem)
+    _resolve_paths(data, merged)
+    try:
+        return Recipe.model_validate(data), merged
+    except ValidationError as exc:
+        raise RecipeError([describe_error(err, merged, Recipe) for err in exc.errors()]) from None
+
+
+def _resolve_paths(data: dict[str, Any], merged: Merged) -> None:
+    """Make relative paths relative to the file that wrote them, not the current folder."""
+
+    def resolve(value: Any, where: KeyPath) -> Any:
+        return resolve_relative(value, where, merged)
+
+    for key in PATH_FIELDS:
+        node: Any = data
+        for part in key[:-1]:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        items = node.get(key[-1]) if isinstance(node, dict) else None
+        if isinstance(items, list):
+            node[key[-1]] = [resolve(v, (*key, i)) for i, v in enumerate(items)]
+    for key in PATH_SCALARS:
+        node = data
+        for part in key[:-1]:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and isinstance(node.get(key[-1]), str):
+            node[key[-1]] = resolve(node[key[-1]], key)
+    for section, listed in (("kernel", False), ("initramfs", True)):
+        block = data.get(section)
+        if not isinstance(block, dict):
+            continue
+        entries = block.get("components") if listed else [block]
+        if not isinstance(entries, list):
+            continue
+        for i, entry in enumerate(entries):
+            if isinstance(entry, dict) and "path" in entry:
+                where = (section, "components", i, "path") if listed else (section, "path")
+                entry["path"] = resolve(entry["path"], where)

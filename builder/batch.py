@@ -20,7 +20,7 @@ from pathlib import Path
 from builder.build import BuildOptions, build_platform
 from builder.components.cache import Cache
 from builder.errors import BuildError
-from builder.recipe.model import load_recipe
+from builder.recipe.load import load_recipe
 from builder.result import BuildResult
 
 log = logging.getLogger(__name__)

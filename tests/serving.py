@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from builder.factory.serve import Server
-from builder.factory.site import Site, load_site
+from builder.factory.site import Site
+from builder.factory.sitefile import load_site
 from tests.conftest import require_tool
 
 TOKEN = "factory-status-token-0123456789"

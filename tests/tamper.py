@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.initramfs.trust import TrustStore, load_trust, template_values
-from builder.recipe.model import Recipe, Trust, load_recipe
+from builder.recipe.load import load_recipe
+from builder.recipe.model import Recipe, Trust
 from builder.render import make_environment, render_template
 from builder.signing.format import (
     BLOCK_SIZE,

@@ -14,7 +14,8 @@ import pytest
 
 from builder.errors import BuildError
 from builder.factory.dhcp import DhcpFormat, encode_vivso, render_dhcp_config
-from builder.factory.site import Site, load_site
+from builder.factory.site import Site
+from builder.factory.sitefile import load_site
 from builder.process import run
 from tests.conftest import run_cli
 from tests.serving import require_daemon

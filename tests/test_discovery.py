@@ -21,7 +21,8 @@ import pytest
 from builder.errors import RecipeError
 from builder.initramfs.assemble import Context
 from builder.initramfs.discovery import DHCP_FIELDS, encode_vivso, make_plan
-from builder.recipe.model import AfterInstall, Method, Recipe, load_recipe
+from builder.recipe.load import load_recipe
+from builder.recipe.model import AfterInstall, Method, Recipe
 from builder.render import make_environment, render_template
 from tests.conftest import require_tool
 from tests.test_waterfall import ONIE_NAMES, ONIE_WATERFALL

@@ -8,7 +8,7 @@ import pytest
 
 from builder.errors import RecipeError
 from builder.recipe.formats import ImageFormat
-from builder.recipe.model import load_recipe
+from builder.recipe.load import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from builder.initramfs.transports import template_values
 from builder.recipe.implied import implied_components
-from builder.recipe.model import Method, load_recipe
+from builder.recipe.load import load_recipe
+from builder.recipe.model import Method
 from builder.render import make_environment, render_template
 from tests.conftest import ROOT, require_tool
 

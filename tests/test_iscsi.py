@@ -17,7 +17,8 @@ from builder.initramfs.transports import (
     template_values,
 )
 from builder.recipe.implied import implied_components, implied_modules
-from builder.recipe.model import Method, Recipe, load_recipe
+from builder.recipe.load import load_recipe
+from builder.recipe.model import Method, Recipe
 from builder.render import make_environment, render_template
 from tests.conftest import ROOT, require_tool
 

@@ -8,7 +8,8 @@ import pytest
 
 from builder.errors import RecipeError
 from builder.recipe.formats import Compression
-from builder.recipe.model import Arch, Recipe, load_recipe
+from builder.recipe.load import load_recipe
+from builder.recipe.model import Arch, Recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 PLATFORMS = sorted((ROOT / "recipes" / "platforms").glob("*.yaml"))

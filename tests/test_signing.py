@@ -13,7 +13,7 @@ import pytest
 
 from builder.errors import BuildError, RecipeError
 from builder.initramfs.trust import describe_trust, load_trust
-from builder.recipe.model import load_recipe
+from builder.recipe.load import load_recipe
 from builder.signing.format import (
     BLOCK_SIZE,
     ImageType,

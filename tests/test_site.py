@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import RecipeError
-from builder.factory.site import check_site_files, load_site, read_token
+from builder.factory.sitefile import check_site_files, load_site, read_token
 from tests.conftest import ROOT
 
 GOOD = """\

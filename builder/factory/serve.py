@@ -30,7 +30,8 @@ from typing import Any
 from aiohttp import web
 
 from builder.errors import BuildError
-from builder.factory.site import MAC_RE, Site, normalize_mac, parse_platform, read_token
+from builder.factory.site import Site
+from builder.factory.sitefile import read_token
 from builder.factory.status import (
     AUTH_SCHEME,
     Device,
@@ -41,6 +42,7 @@ from builder.factory.status import (
     identity_from_headers,
     parse_report,
 )
+from builder.factory.values import MAC_RE, normalize_mac, parse_platform
 from builder.render import BUILTIN_TEMPLATES
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,6 @@
-"""The site file: one factory's subnets, provisioning server, TLS material, status token, and
-which installer each platform and each device (by MAC or serial number) gets.
-
-Loaded like a recipe (``extends:`` works, errors read ``file:line: key.path: message``) into a
-frozen ``Site``. Paths are relative to the file that wrote them. ``check_site_files`` is the
-separate step that touches the host (installers, certificates and the token file exist).
-"""
+"""The site model: one factory's subnets, provisioning server, TLS material, status token, and
+which installer each platform and each device (by MAC or serial number) gets, as a frozen
+``Site``; ``builder.factory.sitefile`` reads files into it."""
 
 from __future__ import annotations
 
@@ -14,25 +10,22 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from builder.errors import RecipeError
-from builder.recipe.document import KeyPath, display_name, format_path
-from builder.recipe.merge import Merged, load_merged
-from builder.recipe.validation import describe_error, resolve_relative
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-MAC_RE = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$", re.I)
-# ONIE's platform string <arch>-<vendor>_<model>-r<rev>: arch and machine carry no '-'.
-PLATFORM_RE = re.compile(r"^(?P<arch>[a-z0-9_]+)-(?P<machine>[a-z0-9]+_[a-z0-9_]+)-r(?P<rev>[0-9]+)$")
-# Values that end up in DHCP configurations and HTTP headers: printable, no quotes or commas.
-SAFE_TEXT_RE = re.compile(r"^[A-Za-z0-9._:/@+=~%\[\]-]+$")
-HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-SERIAL_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-MIN_TOKEN = 16
-# One HMAC-SHA256 block: the image's shell HMAC (templates/report.sh.j2) never hashes the key.
-MAX_TOKEN = 64
+from builder.factory.values import (
+    HOSTNAME_RE,
+    MAC_RE,
+    MAX_TOKEN,
+    MIN_TOKEN,
+    SERIAL_RE,
+    IPAddress,
+    IPNetwork,
+    _iscsi_root,
+    _safe_text,
+    _sexagesimal_mac,
+    normalize_mac,
+    parse_platform,
+)
 
 
 class Model(BaseModel):
@@ -46,48 +39,6 @@ class Scheme(enum.Enum):
 
     HTTP = "http"
     HTTPS = "https"
-
-
-def normalize_mac(value: str) -> str:
-    """``52-54-00-12-34-56`` or upper case -> ``52:54:00:12:34:56``; ValueError when not a MAC."""
-    if not MAC_RE.match(value):
-        raise ValueError(f"expected a MAC address like '52:54:00:12:34:56', got {value!r}")
-    return value.lower().replace("-", ":")
-
-
-def _sexagesimal_mac(value: int) -> str:
-    """Undo YAML 1.1 reading an unquoted ``52:54:00:12:34:56`` as a base-60 integer."""
-    groups = []
-    while value:
-        value, digit = divmod(value, 60)
-        groups.append(f"{digit:02d}")
-    if len(groups) != 6:
-        raise ValueError("expected a MAC address like '52:54:00:12:34:56' (quote it)")
-    return ":".join(reversed(groups))
-
-
-def parse_platform(value: str) -> tuple[str, str, int]:
-    """Split ONIE's platform string into (arch, machine, revision); ValueError when malformed."""
-    match = PLATFORM_RE.match(value)
-    if match is None:
-        raise ValueError(f"expected an ONIE platform string '<arch>-<vendor>_<model>-r<rev>' "
-                         f"such as 'x86_64-qemu_x86_64-r0', got {value!r}")
-    return match["arch"], match["machine"], int(match["rev"])
-
-
-def _safe_text(value: str, what: str) -> str:
-    if not SAFE_TEXT_RE.match(value):
-        raise ValueError(f"expected {what} without spaces, quotes or commas, got {value!r}")
-    return value
-
-
-def _iscsi_root(value: str) -> str:
-    # RFC 4173: iscsi:<servername>:<protocol>:<port>:<LUN>:<targetname>; the target is mandatory.
-    _safe_text(value, "an iSCSI root path")
-    if not value.startswith("iscsi:") or value.count(":") < 5 or value.rsplit(":", 1)[-1] == "":
-        raise ValueError("expected an RFC 4173 root path 'iscsi:<server>:<protocol>:<port>:<LUN>:"
-                         f"<target>', got {value!r}")
-    return value
 
 
 class Server(Model):
@@ -338,120 +289,3 @@ class Site(Model):
         default = 443 if https else 80
         netloc = host if port == default else f"{host}:{port}"
         return f"{server.scheme.value}://{netloc}/{path.lstrip('/')}"
-
-
-PATH_KEYS = ("installer", "updater")
-
-
-def load_site(path: Path) -> tuple[Site, Merged]:
-    """Load and validate a site file; raise RecipeError listing every problem at once."""
-    if not path.is_file():
-        raise RecipeError([f"{display_name(path)}: no such site file"])
-    merged = load_merged(path)
-    data = dict(merged.data)
-    data.setdefault("name", path.stem)
-    _resolve_paths(data, merged)
-    try:
-        site = Site.model_validate(data)
-    except ValidationError as exc:
-        raise RecipeError([describe_error(err, merged, Site) for err in exc.errors()]) from None
-    problems = _cross_check(site, merged)
-    if problems:
-        raise RecipeError(problems)
-    return site, merged
-
-
-def _resolve_paths(data: dict[str, Any], merged: Merged) -> None:
-    """Make relative paths relative to the site file that wrote them."""
-
-    def resolve(value: Any, where: KeyPath) -> Any:
-        return resolve_relative(value, where, merged)
-
-    for section, keys in (("tls", ("cert", "key", "ca")), ("status", ("token_file",))):
-        block = data.get(section)
-        if isinstance(block, dict):
-            for key in keys:
-                if key in block:
-                    block[key] = resolve(block[key], (section, key))
-    for section in ("platforms", "devices"):
-        entries = data.get(section)
-        for i, entry in enumerate(entries if isinstance(entries, list) else []):
-            if isinstance(entry, dict):
-                for key in PATH_KEYS:
-                    if key in entry:
-                        entry[key] = resolve(entry[key], (section, i, key))
-
-
-def _cross_check(site: Site, merged: Merged) -> list[str]:
-    """Problems between entries: duplicates, addresses outside every subnet."""
-    problems: list[str] = []
-
-    def where(*loc: str | int) -> str:
-        for n in range(len(loc), -1, -1):
-            if (found := merged.origins.get(loc[:n])) is not None:
-                return f"{found}: {format_path(loc)}"
-        return format_path(loc)
-
-    seen: dict[tuple[str, str], int] = {}
-    for i, platform in enumerate(site.platforms):
-        if (first := seen.setdefault(("platform", platform.platform), i)) != i:
-            problems.append(f"{where('platforms', i, 'platform')}: {platform.platform!r} is "
-                            f"already listed at platforms[{first}]")
-    for i, device in enumerate(site.devices):
-        for key in ("mac", "serial", "name", "address"):
-            value = getattr(device, key)
-            if value is None:
-                continue
-            if (first := seen.setdefault((key, str(value)), i)) != i:
-                problems.append(f"{where('devices', i, key)}: {str(value)!r} is already used by "
-                                f"devices[{first}]")
-        if device.address is not None and not any(
-                s.family == device.address.version and device.address in s.network
-                for s in site.subnets):
-            problems.append(f"{where('devices', i, 'address')}: {device.address} is in none of "
-                            f"the subnets")
-    for i, subnet in enumerate(site.subnets):
-        for j, other in enumerate(site.subnets[:i]):
-            if subnet.family == other.family and subnet.network.overlaps(other.network):
-                problems.append(f"{where('subnets', i, 'network')}: {subnet.network} overlaps "
-                                f"subnets[{j}] ({other.network})")
-    if any(s.family == 6 for s in site.subnets) and site.server.address6 is None:
-        problems.append(f"{where('server')}: an IPv6 subnet needs 'server.address6' for its URLs")
-    arches = [h.arch for h in site.http_boot]
-    for i, arch in enumerate(arches):
-        if arch in arches[:i]:
-            problems.append(f"{where('http_boot', i, 'arch')}: {arch.value!r} is listed twice")
-    return problems
-
-
-def read_token(site: Site) -> bytes | None:
-    """The status HMAC key: inline, or the first line of ``token_file``; None when not set."""
-    if site.status is None:
-        return None
-    if site.status.token is not None:
-        return site.status.token.encode()
-    assert site.status.token_file is not None
-    lines = site.status.token_file.read_text(encoding="utf-8").splitlines()
-    text = lines[0].strip() if lines else ""
-    if not MIN_TOKEN <= len(text) <= MAX_TOKEN or not text.isascii() or not text.isprintable() \
-            or " " in text:
-        raise RecipeError([f"{site.status.token_file}: expected a token of {MIN_TOKEN} to "
-                           f"{MAX_TOKEN} printable ASCII characters without spaces on its first line"])
-    return text.encode()
-
-
-def check_site_files(site: Site) -> None:
-    """Raise RecipeError naming every file the site needs that does not exist."""
-    wanted: list[tuple[str, Path | None]] = []
-    if site.tls is not None:
-        wanted += [("tls.cert", site.tls.cert), ("tls.key", site.tls.key), ("tls.ca", site.tls.ca)]
-    if site.status is not None:
-        wanted.append(("status.token_file", site.status.token_file))
-    for section, entries in (("platforms", site.platforms), ("devices", site.devices)):
-        for i, entry in enumerate(entries):
-            for key in PATH_KEYS:
-                wanted.append((f"{section}[{i}].{key}", getattr(entry, key)))
-    problems = [f"{key}: no such file {str(path)!r}" for key, path in wanted
-                if path is not None and not path.is_file()]
-    if problems:
-        raise RecipeError([f"site {site.name!r}: {p}" for p in problems])

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.factory.site import MAC_RE, SERIAL_RE, normalize_mac
+from builder.factory.values import MAC_RE, SERIAL_RE, normalize_mac
 
 AUTH_SCHEME = "ONIE-HMAC-SHA256"
 RESULTS = ("running", "ok", "fail")

@@ -1,4 +1,5 @@
-"""The recipe model: loading, inheritance, validation and the frozen ``Recipe`` value.
+"""The recipe model: the frozen ``Recipe`` value and its sections (platform, components,
+kernel, initramfs, discovery, images, trust); ``load`` reads files into it.
 
 Validation goes through pydantic (typed, frozen models with ``extra="forbid"``); every
 problem is reported at once as ``file:line: key.path: message, got 'value'``.
@@ -9,31 +10,22 @@ from __future__ import annotations
 import enum
 import re
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Self
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from builder.errors import RecipeError
-from builder.recipe.document import KeyPath
+from builder.recipe.base import SHA256_RE, Hex64, Model
 from builder.recipe.formats import Compression, ImageFormat
-from builder.recipe.merge import Merged, load_merged
-from builder.recipe.rootpath import parse_root_path
-from builder.recipe.validation import describe_error, resolve_relative
+from builder.recipe.transports import Transports
 
 NAME_RE = re.compile(r"^[a-z0-9]+$")
 MACHINE_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-ISCSI_NAME_RE = re.compile(r"iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9][a-z0-9.:-]*|eui\.[0-9A-Fa-f]{16}"
-                           r"|naa\.(?:[0-9A-Fa-f]{16}|[0-9A-Fa-f]{32})")
 BAUD_RATES = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 
 
@@ -52,12 +44,6 @@ class Arch(enum.Enum):
     def elf_machine(self) -> str:
         """The ELF ``e_machine`` every binary of this architecture must carry."""
         return {"x86_64": "EM_X86_64", "arm64": "EM_AARCH64"}[self.value]
-
-
-class Model(BaseModel):
-    """Base of every recipe section: frozen, no unknown keys."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
 
 class Console(Model):
@@ -342,15 +328,6 @@ class Images(Model):
     boot_size_mib: Annotated[int, Field(ge=16, le=4096)] = 128  # the disk's ONIE-BOOT partition
 
 
-def _hex64(v: str) -> str:
-    if not SHA256_RE.match(v):
-        raise ValueError(f"expected 64 lower-case hex digits, got {v!r}")
-    return v
-
-
-Hex64 = Annotated[str, AfterValidator(_hex64)]
-
-
 class Trust(Model):
     """Which signed installers the environment runs (docs/signed-installer.md): public keys
     (several, for rotation; paths relative to the recipe), revoked key ids, revoked payload
@@ -360,73 +337,6 @@ class Trust(Model):
     revoked_keys: list[Hex64] = []
     revoked_digests: list[Hex64] = []
     min_version: Annotated[int, Field(ge=0, le=10**18 - 1)] = 0
-
-
-def _root_path(v: str) -> str:
-    parse_root_path(v)  # RootPathError is a ValueError: its message names the field
-    return v
-
-
-def _iscsi_name(v: str) -> str:
-    if not ISCSI_NAME_RE.fullmatch(v) or len(v) > 223:
-        raise ValueError(f"expected an iSCSI name such as 'iqn.2024-01.com.example:switch', got {v!r}")
-    return v
-
-
-def _clock_floor(v: str) -> str:
-    if v not in ("build", "none") and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
-        raise ValueError(f"expected 'build', 'none' or a date YYYY-MM-DD, got {v!r}")
-    return v
-
-
-def _isns_server(v: str) -> str:
-    host, _, port = v.rpartition(":") if ":" in v else (v, "", "")
-    if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host) or (port and not ISNS_PORT_RE.fullmatch(port)):
-        raise ValueError(f"expected an IPv4 address or host name, optionally ':port', got {v!r}")
-    return v
-
-
-RootPathText = Annotated[str, AfterValidator(_root_path)]
-ISNS_PORT_RE = re.compile(r"[1-9][0-9]{0,4}")
-
-
-class Https(Model):
-    """HTTPS downloads that check the server (docs/transports.md): CA certificates baked in (PEM
-    files; none means https:// URLs are refused), optional SubjectPublicKeyInfo sha256 pins,
-    the floor for validity dates when the clock is wrong, and how many redirects to follow."""
-
-    ca: list[Path] = []
-    pins: list[Hex64] = []
-    floor: Annotated[str, AfterValidator(_clock_floor)] = "build"
-    redirects: Annotated[int, Field(ge=0, le=10)] = 0
-
-
-class Iscsi(Model):
-    """iSCSI boot per RFC 4173 (docs/transports.md); off unless ``enabled`` (section 8)."""
-
-    enabled: bool = False
-    root_paths: list[RootPathText] = []  # tried after netroot= and before DHCP option 17
-    initiator: Annotated[str, AfterValidator(_iscsi_name)] | None = None  # default: platform+serial
-    chap: Path | None = None  # the CHAP secrets file baked in (never in logs or the manifest)
-    isns: list[Annotated[str, AfterValidator(_isns_server)]] = []  # besides DHCP option 83
-    tpgt: Annotated[int, Field(ge=0, le=65535)] = 1  # target portal group tag for iscsistart
-    timeout: Annotated[int, Field(ge=1, le=300)] = 15  # seconds for a login and the LUN to appear
-
-
-class Ipv6(Model):
-    """IPv6: SLAAC and link-local neighbours for the HTTP sweep, DHCPv6 for option 59."""
-
-    enabled: bool = True
-    dhcpv6: bool = False  # needs dhcpcd (Debian's dhcpcd-base, ~400 KB) in the image
-    wait: Annotated[float, Field(ge=0, le=60)] = 3.0  # seconds for router advertisements and DAD
-
-
-class Transports(Model):
-    """Network transports beyond plain HTTP and TFTP (docs/transports.md)."""
-
-    https: Https = Https()
-    iscsi: Iscsi = Iscsi()
-    ipv6: Ipv6 = Ipv6()
 
 
 class Recipe(Model):
@@ -460,57 +370,3 @@ class Recipe(Model):
     def platform_string(self) -> str:
         """ONIE's platform string, e.g. ``x86_64-qemu_x86_64-r0``."""
         return self.platform.platform_string
-
-
-PATH_FIELDS: tuple[KeyPath, ...] = (("templates",), ("initramfs", "overlays"), ("trust", "keys"),
-                                    ("transports", "https", "ca"))
-# Single paths, resolved like the lists above.
-PATH_SCALARS: tuple[KeyPath, ...] = (("transports", "iscsi", "chap"),
-                                     ("images", "fit", "key"), ("images", "fit", "dtb"),
-                                     ("images", "uki", "secureboot_key"),
-                                     ("images", "uki", "secureboot_cert"),
-                                     ("images", "updater", "key"))
-
-
-def load_recipe(path: Path) -> tuple[Recipe, Merged]:
-    """Load, merge and validate a recipe file; raise RecipeError listing every problem."""
-    merged = load_merged(path)
-    data = dict(merged.data)
-    data.setdefault("name", path.stem)
-    _resolve_paths(data, merged)
-    try:
-        return Recipe.model_validate(data), merged
-    except ValidationError as exc:
-        raise RecipeError([describe_error(err, merged, Recipe) for err in exc.errors()]) from None
-
-
-def _resolve_paths(data: dict[str, Any], merged: Merged) -> None:
-    """Make relative paths relative to the file that wrote them, not the current folder."""
-
-    def resolve(value: Any, where: KeyPath) -> Any:
-        return resolve_relative(value, where, merged)
-
-    for key in PATH_FIELDS:
-        node: Any = data
-        for part in key[:-1]:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        items = node.get(key[-1]) if isinstance(node, dict) else None
-        if isinstance(items, list):
-            node[key[-1]] = [resolve(v, (*key, i)) for i, v in enumerate(items)]
-    for key in PATH_SCALARS:
-        node = data
-        for part in key[:-1]:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict) and isinstance(node.get(key[-1]), str):
-            node[key[-1]] = resolve(node[key[-1]], key)
-    for section, listed in (("kernel", False), ("initramfs", True)):
-        block = data.get(section)
-        if not isinstance(block, dict):
-            continue
-        entries = block.get("components") if listed else [block]
-        if not isinstance(entries, list):
-            continue
-        for i, entry in enumerate(entries):
-            if isinstance(entry, dict) and "path" in entry:
-                where = (section, "components", i, "path") if listed else (section, "path")
-                entry["path"] = resolve(entry["path"], where)

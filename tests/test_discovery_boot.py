@@ -258,3 +258,33 @@ def test_usb_stick_without_any_dhcp_server(image: Path, lab: Lab) -> None:
     assert not any(line.startswith("fail dhcp") for line in said)  # nothing waited for DHCP
     assert float(ran.rsplit("uptime=", 1)[1]) - start < 10  # generous: TCG on a busy runner
     assert lines(text, "TEST-INSTALLER usb ")[0].startswith("url=file:///dev/sd")
+
+
+def test_boot_netns_serves_the_installer_to_the_guest(image: Path, tmp_path: Path,
+                                                      cache_env: dict[str, str]) -> None:
+    """`onie-builder boot --netns --installer F`: the product's own test bed (a namespace with
+    dnsmasq and an HTTP server) boots the image, discovery finds F by option 114 and runs it,
+    the guest powers off, and the namespace is gone afterwards."""
+    require_root_netns()
+    require_qemu("x86_64")
+    require_tool("dnsmasq", "for the test bed's DHCP server (dnsmasq-base)")
+    installer = script_installer(tmp_path / "inst.sh", "testbed")
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    proc = run_cli("boot", str(image), "--netns", "--installer", str(installer), "--append", "quiet",
+                   env=cache_env, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert re.search(r"onie-discovery: .*http://10\.213\.0\.1/onie-installer", out), out[-3000:]
+    assert re.search(r"TEST-INSTALLER testbed url=http://10\.213\.0\.1/onie-installer "
+                     r"platform=x86_64-qemu_x86_64-r0 ", out), out[-3000:]
+    assert "TEST-INSTALLER testbed clean" in out
+    assert "reboot: Power down" in out
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert [n for n in after.splitlines() if n.startswith("ob-boot-")] == \
+        [n for n in before.splitlines() if n.startswith("ob-boot-")]
+
+
+def test_boot_installer_without_netns_is_refused(image: Path) -> None:
+    proc = run_cli("boot", str(image), "--installer", str(image / "vmlinuz"), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: --installer needs --netns (the test bed that serves it)"

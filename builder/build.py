@@ -18,7 +18,8 @@ from builder import __version__
 from builder.components.cache import Cache, sha256_file, write_atomic
 from builder.components.lock import Lock
 from builder.components.resolve import Resolution, Resolver, find_apt_sources
-from builder.images import ImageContext, image_inputs, make_images
+from builder.images import image_inputs, make_images
+from builder.images.context import ImageContext
 from builder.initramfs import facts, transports
 from builder.initramfs.assemble import Context, make_tree
 from builder.initramfs.cpio import WrittenLayer, compress, layer_of, make_initramfs

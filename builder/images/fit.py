@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from builder.errors import BuildError
-from builder.images import ImageContext
+from builder.images.context import ImageContext
 from builder.process import find_tool, run
 from builder.recipe.model import Recipe
 from builder.render import make_environment, render_template

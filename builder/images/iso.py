@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from builder.images import ImageContext
+from builder.images.context import ImageContext
 from builder.images.fat import make_vfat
 from builder.images.grub import find_grub_dir, make_core, render_marker_config, render_menu
 from builder.images.updater import make_updater_file, updater_name

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from builder.errors import BuildError
-from builder.images import ImageContext
+from builder.images.context import ImageContext
 from builder.images.grub import serial_unit
 from builder.recipe.model import Recipe
 from builder.render import make_environment, render_template

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from builder.errors import BuildError
-from builder.images import ImageContext
+from builder.images.context import ImageContext
 from builder.images.pe import read_layout, set_timestamp
 from builder.process import find_tool, run
 from builder.recipe.model import Recipe

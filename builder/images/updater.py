@@ -22,7 +22,8 @@ from pathlib import Path
 
 from builder import __version__
 from builder.errors import BuildError
-from builder.images import ImageContext, fit
+from builder.images import fit
+from builder.images.context import ImageContext
 from builder.images.disk import MIB, SECTOR, Layout, make_gpt, make_layout
 from builder.images.fat import make_vfat
 from builder.images.grub import (

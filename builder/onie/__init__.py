@@ -1,4 +1,5 @@
-"""ONIE's vocabulary: the names, codes and formats that ONIE defines and both the guest and the
-factory server speak (the installer and updater waterfall today). Facts from ONIE's
-documentation, written down once; no behaviour of the build.
+"""ONIE's vocabulary: the names, codes and formats that ONIE defines and that the guest, the
+factory server and NOS installers share: the installer and updater waterfall
+(``waterfall``) and the EEPROM's TlvInfo format (``tlvinfo``). Facts from ONIE's
+documentation (docs/onie-contract.md), written down once; no behaviour of the build.
 """

@@ -16,7 +16,7 @@ OVMF_DIR = Path("/usr/share/OVMF")
 UBOOT_ARM64 = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
 _subnets = itertools.count()
 
-# The environment's discovery engine announces itself with this line (templates/discovery.sh.j2).
+# The environment's discovery engine announces itself with this line (templates/guest/discovery.sh.j2).
 DISCOVERY = r"onie-discovery: start platform=(\S+) mode=(\S+)\s"
 
 

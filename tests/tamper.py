@@ -202,8 +202,8 @@ def write_cases(keys: Keys, folder: Path) -> list[tuple[Case, Path]]:
 
 
 def render_verifier(store: TrustStore, trust_dir: Path, *, insecure: bool = False) -> str:
-    """templates/verify.sh.j2 rendered for the test platform with ``store``, its keys written to
-    ``trust_dir``: what the image carries as /lib/onie/verify.sh, for a host folder."""
+    """templates/guest/lib/verify.sh.j2 rendered for the test platform with ``store``, its keys
+    written to ``trust_dir``: what the image carries as /lib/onie/verify.sh, for a host folder."""
     recipe, _ = load_recipe(ROOT / "recipes" / "platforms" / "qemu_x86_64.yaml")
     discovery = {**recipe.discovery.model_dump(), "insecure": insecure}
     recipe = Recipe.model_validate({**recipe.model_dump(), "discovery": discovery})
@@ -212,4 +212,4 @@ def render_verifier(store: TrustStore, trust_dir: Path, *, insecure: bool = Fals
         (trust_dir / "keys" / f"{key.key_id}.pem").write_bytes(key.pem)
     values = {**template_values(recipe, FLOOR), "trust": store, "recipe": recipe,
               "platform": recipe.platform, "builder_version": "test", "trust_dir": str(trust_dir)}
-    return render_template(make_environment(), "verify.sh.j2", values)
+    return render_template(make_environment(), "guest/lib/verify.sh.j2", values)

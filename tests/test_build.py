@@ -191,8 +191,8 @@ def test_bad_recipe_exits_2_and_writes_nothing(tmp_path: Path) -> None:
 
 def test_vendor_template_overrides_builtin(tmp_path: Path, cache_env: dict[str, str]) -> None:
     vendor = tmp_path / "acme-templates"
-    vendor.mkdir()
-    (vendor / "profile.j2").write_text("# acme {{ platform.machine | shquote }}\n")
+    (vendor / "guest/etc").mkdir(parents=True)
+    (vendor / "guest/etc/profile.j2").write_text("# acme {{ platform.machine | shquote }}\n")
     recipe = tmp_path / "acme.yaml"
     recipe.write_text(f"extends: {ROOT}/recipes/platforms/qemu_x86_64.yaml\n"
                       "templates: [acme-templates]\n")
@@ -201,6 +201,6 @@ def test_vendor_template_overrides_builtin(tmp_path: Path, cache_env: dict[str, 
     root = unpack_initramfs(image, tmp_path / "root")
     assert (root / "etc/profile").read_text() == "# acme qemu_x86_64\n"
     files = {f["path"]: f for f in manifest(image)["initramfs"]["files"]}
-    assert files["/etc/profile"]["origin"] == "template:acme-templates/profile.j2"
+    assert files["/etc/profile"]["origin"] == "template:acme-templates/guest/etc/profile.j2"
     assert files["/init"]["origin"] == "template:init.j2"
     assert str(tmp_path) not in (image / "manifest.json").read_text()

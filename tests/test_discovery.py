@@ -99,7 +99,7 @@ discovery:
     assert (plan.connect_timeout, plan.tftp_timeout, plan.local_wait_ms) == (5, 1, 250)
     assert plan.interfaces == ("eth1",) and plan.insecure
     assert plan.after_install is AfterInstall.POWEROFF
-    script = render("discovery.sh.j2", load_recipe(tmp_path / "r.yaml")[0])
+    script = render("guest/discovery.sh.j2", load_recipe(tmp_path / "r.yaml")[0])
     assert "\nMETHODS='local install_url'\n" in script
     assert "\nAFTER_INSTALL=poweroff\n" in script
 
@@ -137,8 +137,8 @@ def test_vivso_encoding_refuses_what_does_not_fit() -> None:
 
 def test_scripts_parse_and_quote_the_plan(tmp_path: Path) -> None:
     require_tool("busybox", "to check the generated shell (busybox-static)")
-    for name in ("discovery.sh.j2", "udhcpc.sh.j2"):
-        path = tmp_path / name
+    for name in ("guest/discovery.sh.j2", "guest/lib/udhcpc.sh.j2"):
+        path = tmp_path / Path(name).name
         path.write_text(render(name, kvm()))
         for shell in (["busybox", "sh"], ["sh"]):
             subprocess.run([*shell, "-n", str(path)], check=True)
@@ -153,7 +153,7 @@ def ash(tmp_path: Path, body: str, env: dict[str, str] | None = None) -> subproc
     require_tool("busybox", "to run the generated shell (busybox-static)")
     lib = tmp_path / "discovery-lib.sh"
     if not lib.exists():
-        lib.write_text(render("discovery.sh.j2", kvm(), tmp_path, library=True))
+        lib.write_text(render("guest/discovery.sh.j2", kvm(), tmp_path, library=True))
         (tmp_path / "run").mkdir(exist_ok=True)
     return subprocess.run(["busybox", "ash", "-c", f". {shlex.quote(str(lib))}\n{body}"],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path,
@@ -261,7 +261,7 @@ def test_udhcpc_script_keeps_hostile_values_as_data(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("a network namespace needs root")
     script = tmp_path / "udhcpc.script"
-    script.write_text(render("udhcpc.sh.j2", kvm(), tmp_path))
+    script.write_text(render("guest/lib/udhcpc.sh.j2", kvm(), tmp_path))
     marker = tmp_path / "pwned"
     hostile = {
         "bootfile": f"`touch {marker}`;reboot\nsecond line",

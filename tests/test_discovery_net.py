@@ -49,7 +49,7 @@ def net(tmp_path: Path) -> Iterator[tuple[NetNamespace, NetNamespace]]:
 def run_lib(ns: NetNamespace, tmp: Path, body: str) -> subprocess.CompletedProcess[str]:
     lib = tmp / "lib.sh"
     if not lib.exists():
-        lib.write_text(render("discovery.sh.j2", kvm(), tmp, library=True))
+        lib.write_text(render("guest/discovery.sh.j2", kvm(), tmp, library=True))
         (tmp / "run").mkdir()
     script = (f". {shlex.quote(str(lib))}\nSERIAL=SN1 ETH_ADDR=52:54:00:12:34:56 SEC_KEY="
               f" OPERATION=os-install\n{body}")

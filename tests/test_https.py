@@ -1,6 +1,6 @@
-"""templates/https.sh.j2 under the host's BusyBox ash and Debian's openssl (the image's build),
-against TLS servers on loopback: good, wrong CA, wrong name, expired, the clock floor, pins,
-redirects, truncation, IPv6, and URLs and headers that must be refused."""
+"""templates/guest/discovery/lib/https.sh.j2 under the host's BusyBox ash and Debian's openssl
+(the image's build), against TLS servers on loopback: good, wrong CA, wrong name, expired, the
+clock floor, pins, redirects, truncation, IPv6, and URLs and headers that must be refused."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def run_https(lab: Lab, urls: list[str], *, floor: int = 0, pins: tuple[str, ...
     values = {"https": {"ca_file": str(lab.ca), "has_ca": 1 if has_ca else 0, "pins": list(pins),
                         "floor": floor, "redirects": redirects, "run": str(work / "run")}}
     lib = work / "https.sh"
-    lib.write_text(render_template(make_environment(), "https.sh.j2", values))
+    lib.write_text(render_template(make_environment(), "guest/discovery/lib/https.sh.j2", values))
     for tool in ("sh", "cat", "head", "tail", "grep", "sed", "awk", "tr", "wc", "rm", "mkdir",
                  "timeout", "sha256sum", "printf", "date"):
         (work / "bin" / tool).symlink_to(busybox)
@@ -262,7 +262,7 @@ def test_header_injection_refused(lab: Lab) -> None:
 def test_url_parts_with_zone(tmp_path: Path) -> None:
     busybox = require_tool("busybox", "to run the generated ash (busybox-static)")
     lib = tmp_path / "https.sh"
-    lib.write_text(render_template(make_environment(), "https.sh.j2", {"https": {
+    lib.write_text(render_template(make_environment(), "guest/discovery/lib/https.sh.j2", {"https": {
         "ca_file": "/x", "has_ca": 1, "pins": [], "floor": 0, "redirects": 0, "run": str(tmp_path)}}))
     script = (f'. {lib}; for u in "$@"; do https_url_parts "$u" && echo "$HTTPS_HOST|$HTTPS_ZONE|'
               '$HTTPS_PORT|$HTTPS_PATH|$HTTPS_KIND|$(https_connect_target)"; done')

@@ -1,4 +1,4 @@
-"""/init's module loading by need (templates/init.j2), its functions run under the host's
+"""/init's module loading by need (templates/guest/init.j2), its functions run under the host's
 BusyBox ash: which modules wait for hardware, and what marks a group done.
 
 The boot tests prove the whole order in QEMU (tests/test_discovery_boot.py: a virtio NIC with
@@ -28,7 +28,7 @@ QEMU_XHCI = "pci:v00001B36d0000000Dsv00001AF4sd00001100bc0Csc03i30"
 def init_functions(tmp_path: Path, plan: LoadPlan) -> Path:
     """The function definitions of the rendered /init (its top level mounts and loads)."""
     recipe = kvm()
-    text = render_template(make_environment(recipe.templates), "init.j2",
+    text = render_template(make_environment(recipe.templates), "guest/init.j2",
                            {**values(recipe), "module_load": plan})
     wanted = ("unbound_aliases", "hardware_for", "storage_hardware", "load_pass")
     bodies = [m.group(0) for m in re.finditer(r"(?ms)^(\w+)\(\) \{\n.*?^\}\n", text)

@@ -41,15 +41,15 @@ def render(name: str, tmp_path: Path) -> Path:
     recipe = load_recipe(recipe_with(tmp_path, "    dhcpv6: true\n"))[0]
     values = template_values(recipe, 0)
     values["ipv6"] = {**values["ipv6"], "run": str(tmp_path / "run")}
-    out = tmp_path / name.removesuffix(".j2")
+    out = tmp_path / Path(name).name.removesuffix(".j2")
     out.write_text(render_template(make_environment(), name, {**values, "builder_version": "t"}))
     return out
 
 
 def test_dhcpcd_hook_keeps_option_59_as_data(tmp_path: Path) -> None:
     busybox = require_tool("busybox", "to run the generated ash (busybox-static)")
-    hook = render("dhcpcd.hook.j2", tmp_path)
-    conf = render("dhcpcd.conf.j2", tmp_path)
+    hook = render("guest/lib/dhcpcd.hook.j2", tmp_path)
+    conf = render("guest/lib/dhcpcd.conf.j2", tmp_path)
     assert "option dhcp6_bootfile_url\n" in conf.read_text() and "ipv6only\n" in conf.read_text()
     hostile = f"http://[fd00::1]/x$(touch {tmp_path}/pwned)`touch {tmp_path}/pwned2`"
     env = {"PATH": os.environ["PATH"], "reason": "INFORM6", "interface": "eth0",
@@ -63,7 +63,7 @@ def test_dhcpcd_hook_keeps_option_59_as_data(tmp_path: Path) -> None:
 
 def test_zones_for_wget(tmp_path: Path) -> None:
     busybox = require_tool("busybox", "to run the generated ash (busybox-static)")
-    lib = render("ipv6.sh.j2", tmp_path)
+    lib = render("guest/discovery/ipv6.sh.j2", tmp_path)
     script = f'. {lib}; for u in "$@"; do ipv6_url_for_wget "$u"; echo; done'
     out = subprocess.run([busybox, "ash", "-c", script, "x", "http://[fe80::1%25eth0]/a",
                           "http://[fe80::1%eth0]/a", "http://[fd00::1]/a%25b", "http://h/x"],

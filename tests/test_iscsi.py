@@ -1,6 +1,6 @@
 """The recipe's iSCSI section, the CHAP secrets file, what an enabled iSCSI adds to the image,
-and templates/iscsi.sh.j2's pure functions under the host's BusyBox ash (no QEMU; the boot is
-in test_iscsi_boot.py)."""
+and templates/guest/discovery/iscsi.sh.j2's pure functions under the host's BusyBox ash (no QEMU;
+the boot is in test_iscsi_boot.py)."""
 
 from __future__ import annotations
 
@@ -127,8 +127,8 @@ def ash(tmp_path: Path, recipe: Recipe, script: str, *args: str) -> list[str]:
     values = {**template_values(recipe, 0), "builder_version": "test"}
     env = make_environment()
     lib = tmp_path / "lib.sh"
-    lib.write_text(render_template(env, "rootpath.sh.j2", values)
-                   + render_template(env, "iscsi.sh.j2", values))
+    lib.write_text(render_template(env, "guest/discovery/lib/rootpath.sh.j2", values)
+                   + render_template(env, "guest/discovery/iscsi.sh.j2", values))
     subprocess.run([busybox, "ash", "-n", str(lib)], check=True)
     proc = subprocess.run([busybox, "ash", "-c", f"{HELPERS}\n. {lib}\n{script}", "x", *args],
                           capture_output=True, text=True, timeout=60)

@@ -371,7 +371,7 @@ def test_busybox_modprobe_resolves_our_files(debian_kernel: Path, tmp_path: Path
 
 
 def test_load_plan_groups_modules_by_when_init_needs_them() -> None:
-    """/init's module groups (init.j2): network drivers and the virtio bus first, filesystems
+    """/init's module groups (guest/init.j2): network drivers and the virtio bus first, filesystems
     on their own, everything else (disks, USB, unknown names) as storage; only host-bus
     aliases tell which hardware a module waits for; fs- aliases name the mount types."""
     def module(name: str, relpath: str, *aliases: str) -> Module:

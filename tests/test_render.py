@@ -32,13 +32,13 @@ def test_shquote_round_trips_through_a_shell(value: str) -> None:
 
 def test_vendor_folder_overrides_builtin_by_name(tmp_path: Path) -> None:
     vendor = tmp_path / "acme"
-    vendor.mkdir()
-    (vendor / "profile.j2").write_text("# acme profile for {{ name }}\n")
+    (vendor / "guest/etc").mkdir(parents=True)
+    (vendor / "guest/etc/profile.j2").write_text("# acme profile for {{ name }}\n")
     env = make_environment([vendor])
-    assert render_template(env, "profile.j2", {"name": "s1"}) == "# acme profile for s1\n"
-    sources = template_sources(env, ["profile.j2", "init.j2"])
-    assert sources["profile.j2"] == str(vendor / "profile.j2")
-    assert sources["init.j2"].endswith("templates/init.j2")
+    assert render_template(env, "guest/etc/profile.j2", {"name": "s1"}) == "# acme profile for s1\n"
+    sources = template_sources(env, ["guest/etc/profile.j2", "guest/init.j2"])
+    assert sources["guest/etc/profile.j2"] == str(vendor / "guest/etc/profile.j2")
+    assert sources["guest/init.j2"].endswith("templates/guest/init.j2")
 
 
 def test_undefined_variable_is_an_error(tmp_path: Path) -> None:

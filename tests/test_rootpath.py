@@ -1,5 +1,6 @@
-"""The RFC 4173 root-path grammar: builder/recipe/rootpath.py and templates/rootpath.sh.j2 (under the
-host's BusyBox ash) against the one table of vectors, then against each other on random input."""
+"""The RFC 4173 root-path grammar: builder/recipe/rootpath.py and
+templates/guest/discovery/lib/rootpath.sh.j2 (under the host's BusyBox ash) against the one table
+of vectors, then against each other on random input."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def expected(vector: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def ash_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    text = render_template(make_environment(), "rootpath.sh.j2", {"builder_version": "test"})
+    text = render_template(make_environment(), "guest/discovery/lib/rootpath.sh.j2",
+                           {"builder_version": "test"})
     lib = tmp_path_factory.mktemp("rootpath") / "rootpath.sh"
     lib.write_text(text)
     return lib

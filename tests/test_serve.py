@@ -338,14 +338,14 @@ def test_load_of_200_concurrent_devices_has_no_errors() -> None:
     assert summary["kinds"]["status-post"]["count"] == 600
 
 
-# --- the environment's side: templates/report.sh.j2 run by BusyBox ash -------------------------
+# --- the environment's side: templates/guest/discovery/lib/report.sh.j2 run by BusyBox ash -----
 
 
 def render_report(tmp_path: Path, token: str) -> Path:
     from builder.render import make_environment, render_template
 
     (tmp_path / "token").write_text(token + "\n")
-    text = render_template(make_environment(), "report.sh.j2", {
+    text = render_template(make_environment(), "guest/discovery/lib/report.sh.j2", {
         "report_token": str(tmp_path / "token"), "report_url": str(tmp_path / "no-url"),
         "report_log_tail": 40})
     script = tmp_path / "report.sh"

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.onie import tlvinfo
-from builder.onie.tlvinfo import (
+from builder.onie import tlvcodes, tlvinfo
+from builder.onie.tlvcodes import (
     Code,
-    Field,
     TlvCrcError,
     TlvFormatError,
     TlvHeaderError,
@@ -26,6 +25,9 @@ from builder.onie.tlvinfo import (
     TlvLengthError,
     TlvMissingError,
     TlvValueError,
+)
+from builder.onie.tlvinfo import (
+    Field,
     decode,
     encode,
     lookup,
@@ -65,7 +67,7 @@ def test_display_names_are_onies() -> None:
         0x2D: "Vendor Name", 0x2E: "Diag Version", 0x2F: "Service Tag",
         0xFD: "Vendor Extension", 0xFE: "CRC-32",
     }
-    assert tlvinfo.code_name(0x30) == "Unknown"
+    assert tlvcodes.code_name(0x30) == "Unknown"
 
 
 def test_crc_is_the_standard_crc32() -> None:

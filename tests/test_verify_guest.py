@@ -1,7 +1,7 @@
-"""The guest's verifier (templates/verify.sh.j2) agrees with `onie-builder verify` on every case
-of the tamper matrix: first under the host's BusyBox ash with only BusyBox applets and openssl
-on PATH (fast), then in the booted image, where discovery is also offered every bad file before
-a good one and runs only the good one (lab)."""
+"""The guest's verifier (templates/guest/lib/verify.sh.j2) agrees with `onie-builder verify` on
+every case of the tamper matrix: first under the host's BusyBox ash with only BusyBox applets and
+openssl on PATH (fast), then in the booted image, where discovery is also offered every bad file
+before a good one and runs only the good one (lab)."""
 
 from __future__ import annotations
 

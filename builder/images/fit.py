@@ -106,7 +106,7 @@ def make_fit_image(recipe: Recipe, context: ImageContext, out: Path) -> Path:
             "key_bits": key_bits(key) if key else 0,
         }
         its = work / "onie.its"
-        its.write_text(render_template(make_environment(recipe.templates), "fit.its.j2", values))
+        its.write_text(render_template(make_environment(recipe.templates), "images/fit.its.j2", values))
         argv: list[str | Path] = [mkimage, "-f", its]
         if key is not None:
             keydir = work / "keys"
@@ -124,7 +124,7 @@ def make_boot_script(recipe: Recipe, context: ImageContext, out: Path) -> Path:
     if "'" in cmdline:
         raise BuildError(f"kernel.cmdline: a u-boot boot script cannot carry a single quote, "
                          f"got {cmdline!r}")
-    text = render_template(make_environment(recipe.templates), "boot.cmd.j2", {
+    text = render_template(make_environment(recipe.templates), "images/boot.cmd.j2", {
         "platform": recipe.platform, "cmdline": cmdline, "fit_name": FIT_NAME,
         "fit_address": recipe.images.fit.fit_address, "config": config_name(recipe),
         "has_dtb": find_dtb(recipe, context) is not None,

@@ -97,9 +97,9 @@ def serial_unit(recipe: Recipe) -> int | None:
 
 
 def render_menu(recipe: Recipe, values: dict[str, Any]) -> str:
-    """Render ``grub.cfg.j2`` with the console, timeout and the given entries."""
+    """Render ``images/grub.cfg.j2`` with the console, timeout and the given entries."""
     env = make_environment(recipe.templates)
-    return render_template(env, "grub.cfg.j2", {
+    return render_template(env, "images/grub.cfg.j2", {
         "platform": recipe.platform,
         "version": recipe.version,
         "serial_unit": serial_unit(recipe),

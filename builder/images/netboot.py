@@ -29,11 +29,11 @@ def make_netboot(recipe: Recipe, staging: Path, context: ImageContext) -> list[s
         raise BuildError(f"kernel.cmdline: {bad[0]!r} cannot go into an iPXE script "
                          f"(no $, #, quotes or backslashes)")
     values = {"platform": recipe.platform, "version": recipe.version, "cmdline": words}
-    (folder / "boot.ipxe").write_text(render_template(env, "boot.ipxe.j2", values))
+    (folder / "boot.ipxe").write_text(render_template(env, "images/boot.ipxe.j2", values))
     entries = [{"title": f"ONIE: {title} ({recipe.platform_string}, network)",
                 "cmdline": [*context.cmdline.split(), f"boot_reason={mode}"]}
                for title, mode in (("Install OS", "install"), ("Rescue", "rescue"))]
-    grub = render_template(env, "grub-netboot.cfg.j2", {
+    grub = render_template(env, "images/grub-netboot.cfg.j2", {
         **values, "entries": entries, "serial_unit": serial_unit(recipe),
         "speed": recipe.platform.console.speed, "timeout": recipe.images.grub_timeout})
     (folder / "grub.cfg").write_text(grub)

@@ -1,6 +1,6 @@
 """The updater: a self-extracting shell script that lays the environment out on a switch's disk.
 
-Layout of the file: a script rendered from ``updater.sh.j2`` (it carries ONIE's
+Layout of the file: a script rendered from ``images/updater.sh.j2`` (it carries ONIE's
 ``ONIE-UPDATER-COOKIE``), then a tar.gz payload at the byte offset the script names, checked
 against its sha256 before use. The payload holds the disk region's pieces (builder.images.disk):
 the first MiB (protective MBR with GRUB's boot code, primary GPT), the backup GPT, and one
@@ -180,7 +180,7 @@ def render_script(recipe: Recipe, layout: Layout, pieces: list[Piece], payload: 
               "payload_size": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
     offset = 0
     while True:  # the offset is the script's own length: a fixed point in a step or two
-        script = render_template(env, "updater.sh.j2", {**values, "offset": offset}).encode()
+        script = render_template(env, "images/updater.sh.j2", {**values, "offset": offset}).encode()
         if len(script) == offset:
             return script
         offset = len(script)

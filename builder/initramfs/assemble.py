@@ -28,21 +28,21 @@ DEVICE_NODES = (("/dev/console", Kind.CHAR, 5, 1, 0o600), ("/dev/null", Kind.CHA
 
 # (template name, path in the image, mode): the rendered part of the environment.
 TEMPLATES = (
-    ("init.j2", "/init", 0o755),
-    ("machine.conf.j2", "/etc/machine.conf", 0o644),
-    ("os-release.j2", "/etc/os-release", 0o644),
-    ("profile.j2", "/etc/profile", 0o644),
-    ("modprobe.conf.j2", "/etc/modprobe.d/onie.conf", 0o644),  # module options (usb-storage)
+    ("guest/init.j2", "/init", 0o755),
+    ("guest/etc/machine.conf.j2", "/etc/machine.conf", 0o644),
+    ("guest/etc/os-release.j2", "/etc/os-release", 0o644),
+    ("guest/etc/profile.j2", "/etc/profile", 0o644),
+    ("guest/etc/modprobe.conf.j2", "/etc/modprobe.d/onie.conf", 0o644),  # module options (usb-storage)
     # Discovery (builder/initramfs/discovery.py): /bin/onie-discovery and its udhcpc event script.
     *((name, discovery.PATHS[key], mode) for name, key, mode in discovery.TEMPLATES),
     # Signed installers (builder/initramfs/trust.py): the verifier, also included in /bin/onie-discovery.
-    ("verify.sh.j2", "/lib/onie/verify.sh", 0o644),
+    ("guest/lib/verify.sh.j2", "/lib/onie/verify.sh", 0o644),
     # Transports (builder/initramfs/transports.py): dhcpcd's configuration and hook for DHCPv6.
-    ("dhcpcd.conf.j2", transports.PATHS["dhcpcd_conf"], 0o644),
-    ("dhcpcd.hook.j2", transports.PATHS["dhcpcd_hook"], 0o755),
+    ("guest/lib/dhcpcd.conf.j2", transports.PATHS["dhcpcd_conf"], 0o644),
+    ("guest/lib/dhcpcd.hook.j2", transports.PATHS["dhcpcd_hook"], 0o755),
     # Embed (builder/images, docs/images.md): install onto the disk from the ISO's embed entry.
-    ("embed.sh.j2", "/usr/sbin/onie-embed", 0o755),
-    ("embed-rc.j2", "/etc/rc.d/S05embed", 0o755),
+    ("guest/commands/embed.sh.j2", "/usr/sbin/onie-embed", 0o755),
+    ("guest/etc/embed-rc.j2", "/etc/rc.d/S05embed", 0o755),
 )
 
 

@@ -1,8 +1,9 @@
 """The discovery plan: everything the installer search needs that is known at build time.
 
 ``make_plan`` turns a recipe into a frozen ``Plan`` (method order, file names, DHCP request,
-HTTP headers, timeouts, backoff); ``templates/discovery.sh.j2`` renders it into the BusyBox
-``ash`` script ``/bin/onie-discovery`` as data. Only what depends on the machine or the
+HTTP headers, timeouts, backoff); ``templates/guest/discovery.sh.j2`` (with its pieces in
+``templates/guest/discovery/``) renders it into the BusyBox ``ash`` script ``/bin/onie-discovery``
+as data. Only what depends on the machine or the
 network (serial number, MAC, leased address, DHCP answers) is left to the script.
 """
 
@@ -41,11 +42,11 @@ PATHS = {
     "installer_log": "/var/log/onie-installer.log",
     "machine_conf": "/etc/machine.conf",
     "cmdline": "/proc/cmdline",
-    "modules": "/run/onie/modules",  # /init marks each module group done here (init.j2)
+    "modules": "/run/onie/modules",  # /init marks each module group done here (guest/init.j2)
     "resolv": "/etc/resolv.conf",
 }
 # (template, path key, mode): the discovery part of the image (see initramfs.TEMPLATES).
-TEMPLATES = (("discovery.sh.j2", "script", 0o755), ("udhcpc.sh.j2", "udhcpc", 0o755))
+TEMPLATES = (("guest/discovery.sh.j2", "script", 0o755), ("guest/lib/udhcpc.sh.j2", "udhcpc", 0o755))
 # udhcpc's environment variables the event script keeps (each becomes onie_disco_<name> for
 # installers); unknown options arrive as optNNN in hex (BusyBox 1.35).
 DHCP_FIELDS = ("interface", "ip", "mask", "subnet", "router", "dns", "domain", "hostname",

@@ -1,12 +1,14 @@
 """What a recipe's ``transports`` section adds to an image (docs/transports.md).
 
-HTTPS with checked certificates (``templates/https.sh.j2``), iSCSI boot per RFC 4173
-(``templates/iscsi.sh.j2`` with ``templates/rootpath.sh.j2``) and IPv6 with DHCPv6
-(``templates/ipv6.sh.j2``). Each part brings Debian components and kernel modules
+HTTPS with checked certificates (``templates/guest/discovery/lib/https.sh.j2``), iSCSI boot per
+RFC 4173 (``templates/guest/discovery/iscsi.sh.j2`` with
+``templates/guest/discovery/lib/rootpath.sh.j2``) and IPv6 with DHCPv6
+(``templates/guest/discovery/ipv6.sh.j2``). Each part brings Debian components and kernel modules
 (``builder.recipe.implied``), files (``install_transports``: the CA bundle, the CHAP secrets)
-and the values its template renders (``template_values``). Seams: ``builder/components/resolve.py``
-resolves the implied components with the recipe's own, ``builder/initramfs/assemble.py`` adds the
-modules, files and values; ``templates/discovery.sh.j2`` includes the templates.
+and the values its template renders (``template_values``). Seams:
+``builder/components/resolve.py`` resolves the implied components with the recipe's own,
+``builder/initramfs/assemble.py`` adds the modules, files and values;
+``templates/guest/discovery.sh.j2`` includes the templates.
 """
 
 from __future__ import annotations
@@ -131,7 +133,8 @@ def install_transports(tree: Tree, recipe: Recipe) -> None:
 
 
 def template_values(recipe: Recipe, source_date_epoch: int) -> dict[str, Any]:
-    """What https.sh.j2, iscsi.sh.j2 and ipv6.sh.j2 render."""
+    """What guest/discovery/lib/https.sh.j2, guest/discovery/iscsi.sh.j2 and
+    guest/discovery/ipv6.sh.j2 render."""
     t = recipe.transports
     return {
         "https": {

@@ -1,8 +1,8 @@
 """The trust store baked into an image, and verifying a signed installer against it on the host.
 
 ``verify_signed`` applies the same checks, in the same order, as ``verify_installer`` in
-``templates/verify.sh.j2`` does in the guest (docs/signed-installer.md, "Verification order"),
-so host and guest give the same verdict and reason for every file.
+``templates/guest/lib/verify.sh.j2`` does in the guest (docs/signed-installer.md, "Verification
+order"), so host and guest give the same verdict and reason for every file.
 """
 
 from __future__ import annotations
@@ -151,6 +151,6 @@ def describe_trust(store: TrustStore) -> dict[str, Any]:
 
 
 def template_values(recipe: Recipe, source_date_epoch: int) -> dict[str, Any]:
-    """What templates/verify.sh.j2 needs: the trust store and the block's sizes."""
+    """What templates/guest/lib/verify.sh.j2 needs: the trust store and the block's sizes."""
     return {"trust": load_trust(recipe.trust, source_date_epoch), "block_size": BLOCK_SIZE,
             "trailer_size": TRAILER_SIZE}

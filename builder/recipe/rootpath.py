@@ -2,7 +2,8 @@
 
 ``parse_root_path`` turns the text into a frozen ``RootPath`` or raises ``RootPathError`` with
 one exact message; ``format_root_path`` writes the canonical text back. The same grammar, with
-the same messages, is written in BusyBox ``ash`` in ``templates/rootpath.sh.j2`` for the guest;
+the same messages, is written in BusyBox ``ash`` in
+``templates/guest/discovery/lib/rootpath.sh.j2`` for the guest;
 ``tests/data/rootpath_vectors.json`` is the one table both are tested against.
 
 The grammar, field by field (RFC 4173 section 5):

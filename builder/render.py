@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,21 @@ BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 def shquote(value: object) -> str:
     """Quote any value for a POSIX shell; the only way a value reaches generated shell."""
     return shlex.quote(str(value))
+
+
+CONF_WORD = re.compile(r"[A-Za-z0-9._:/+,@%=-]*")
+
+
+def confquote(value: object, always: bool = False) -> str:
+    """A value for a flat ``key=value`` file such as /etc/machine.conf, which installers both
+    source and parse line by line (docs/onie-contract.md, F4): one plain word as it is, else in
+    double quotes (``always`` quotes every value); a value neither reader would get back whole
+    (quotes, ``$``, backquote, backslash, ``#``, a line break) is refused."""
+    text = str(value)
+    if any(c in text for c in "\"$`\\#'\n\r"):
+        raise BuildError(f"{text!r} cannot be written to a key=value file read by sh and by "
+                         "installers' parsers (no quotes, $, `, \\, # or line breaks)")
+    return f'"{text}"' if always or not CONF_WORD.fullmatch(text) else text
 
 
 @functools.cache
@@ -46,6 +62,7 @@ def make_environment(vendor_dirs: Sequence[Path] = ()) -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["shquote"] = shquote
+    env.filters["confquote"] = confquote
     return env
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from builder import __version__
 from builder.components.resolve import Resolution, ResolvedComponent
 from builder.errors import BuildError
-from builder.initramfs import discovery, transports, trust
+from builder.initramfs import discovery, eeprom, transports, trust
 from builder.initramfs.elf import install_elf_closure, parse_elf
 from builder.initramfs.kmod import Module, find_module_closure, index_modules, install_modules, make_load_plan
 from builder.initramfs.tree import Kind, Tree
@@ -43,6 +43,10 @@ TEMPLATES = (
     # Embed (builder/images, docs/images.md): install onto the disk from the ISO's embed entry.
     ("guest/commands/embed.sh.j2", "/usr/sbin/onie-embed", 0o755),
     ("guest/etc/embed-rc.j2", "/etc/rc.d/S05embed", 0o755),
+    # ONIE's runtime contract (docs/onie-contract.md): lsb-release, the EEPROM and onie-sysinfo.
+    ("guest/etc/lsb-release.j2", "/etc/lsb-release", 0o644),
+    ("guest/commands/onie-syseeprom.sh.j2", "/usr/bin/onie-syseeprom", 0o755),
+    ("guest/commands/onie-sysinfo.sh.j2", "/bin/onie-sysinfo", 0o755),
 )
 
 
@@ -62,15 +66,18 @@ class Context:
             "recipe": self.recipe,
             "platform": self.recipe.platform,
             "builder_version": __version__,
-            "build_date": date.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "build_date": date.strftime("%Y-%m-%dT%H:%M%z"),  # ONIE's `date -Imin`
             "kernel_version": self.resolution.kernel.release,
-            "firmware": "auto",
+            # The firmware that boots the platform; /init writes uefi instead when UEFI booted it.
+            "firmware": "u-boot" if self.recipe.platform.arch.value == "arm64" else "bios",
+            "partition_type": "gpt",  # the only layout builder/images/disk.py makes
             "modules": self.recipe.kernel.modules,
             # /init loads them by need (kmod.make_load_plan, docs/discovery.md "Boot timing").
             "module_load": make_load_plan(self.recipe.kernel.modules, self.modules),
             **discovery.template_values(self.recipe, self.resolution.kernel.release, __version__),
             **trust.template_values(self.recipe, self.source_date_epoch),
             **transports.template_values(self.recipe, self.source_date_epoch),
+            **eeprom.template_values(self.recipe),
         }
 
 
@@ -84,6 +91,7 @@ def make_tree(context: Context) -> Tree:
     install_templates(tree, context)
     trust.install_trust(tree, trust.load_trust(context.recipe.trust, context.source_date_epoch))
     transports.install_transports(tree, context.recipe)
+    eeprom.install_eeprom(tree, context.recipe)
     for overlay in context.recipe.initramfs.overlays:
         if not overlay.is_dir():
             raise BuildError(f"{overlay}: overlay folder does not exist")

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from builder.recipe.base import SHA256_RE, Hex64, Model
+from builder.recipe.eeprom import Eeprom
 from builder.recipe.formats import Compression, ImageFormat
 from builder.recipe.transports import Transports
 
@@ -78,6 +79,7 @@ class Platform(Model):
     vendor_id: Annotated[int, Field(ge=1, le=4294967295)]
     console: Console = Console()
     description: str = ""
+    eeprom: Eeprom = Eeprom()  # the ONIE TlvInfo EEPROM (builder/recipe/eeprom.py)
 
     @field_validator("vendor")
     @classmethod

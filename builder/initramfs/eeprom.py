@@ -23,6 +23,8 @@ FW_CFG_NAME = "opt/onie/eeprom"
 
 PATHS = {
     "mounts": "/proc/mounts",  # whether ONIE-BOOT is mounted
+    "dmi": "/sys/class/dmi/id",  # serial number and product name on x86 without them in the EEPROM
+    "net": "/sys/class/net",  # eth0's MAC without one in the EEPROM
     "builtin": "/etc/onie/eeprom.bin",  # the virtual EEPROM's default, read-only
     "fw_cfg": f"/sys/firmware/qemu_fw_cfg/by_name/{FW_CFG_NAME}/raw",
     "ram": "/run/onie/eeprom.bin",  # writes when ONIE-BOOT is not mounted (lost at reboot)

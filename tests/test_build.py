@@ -66,7 +66,8 @@ def test_machine_conf(built: Callable[[str], Path], tmp_path: Path) -> None:
     assert conf["onie_vendor_id"] == "42623"
     assert conf["onie_switch_asic"] == "qemu"
     assert conf["onie_machine_rev"] == "0"
-    assert conf["onie_build_date"] == "2023-11-14T22:13:20Z"  # SOURCE_DATE_EPOCH=1700000000
+    # ONIE's `date -Imin` form, in double quotes as ONIE writes it; SOURCE_DATE_EPOCH=1700000000.
+    assert conf["onie_build_date"] == '"2023-11-14T22:13+0000"'
     assert conf["onie_version"] == "2026.11"
 
 

@@ -15,8 +15,10 @@ from typing import Any
 from builder.initramfs.tree import Tree
 from builder.onie.tlvinfo import encode
 from builder.recipe.eeprom import EepromSource
-from builder.recipe.implied import FW_CFG_MODULE
 from builder.recipe.model import Recipe
+
+FW_CFG_MODULE = "qemu_fw_cfg"
+"""The module that shows fw_cfg items in /sys/firmware/qemu_fw_cfg (the qemu recipes list it)."""
 
 FW_CFG_NAME = "opt/onie/eeprom"
 """The fw_cfg item a VM's EEPROM override goes in: ``-fw_cfg name=opt/onie/eeprom,file=X``."""
@@ -54,7 +56,9 @@ def template_values(recipe: Recipe) -> dict[str, Any]:
     return {"eeprom": {
         "source": eeprom.source.value,
         "file": eeprom.file,
-        "module": FW_CFG_MODULE if eeprom.source is EepromSource.VIRTUAL else "",
+        # /init loads it before anything reads the EEPROM, when the recipe has it.
+        "module": FW_CFG_MODULE if eeprom.source is EepromSource.VIRTUAL
+                  and FW_CFG_MODULE in recipe.kernel.modules else "",
         "paths": PATHS,
         "empty_crc": int.from_bytes(encode([])[-4:], "big"),
     }}

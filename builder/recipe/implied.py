@@ -6,7 +6,6 @@ Derived from the recipe alone, so components never reach up into the initramfs s
 
 from __future__ import annotations
 
-from builder.recipe.eeprom import EepromSource
 from builder.recipe.model import Component, Recipe
 
 # LAB.md: iscsi_tcp fails with "iferror -12" unless crc32c_generic is loaded first; sd_mod
@@ -14,9 +13,6 @@ from builder.recipe.model import Component, Recipe
 ISCSI_MODULES = ("crc32c_generic", "iscsi_tcp", "sd_mod", "ext4", "vfat")
 ISCSI_BINARIES = ("/sbin/iscsistart",)
 ISNS_BINARIES = ("/usr/sbin/isnsadm",)
-# A virtual EEPROM can be overridden per VM through QEMU's fw_cfg, which this module shows in
-# /sys/firmware/qemu_fw_cfg (guest/init.j2 loads it before anything reads the EEPROM).
-FW_CFG_MODULE = "qemu_fw_cfg"
 
 
 def implied_components(recipe: Recipe) -> list[Component]:
@@ -35,10 +31,7 @@ def implied_components(recipe: Recipe) -> list[Component]:
 
 
 def implied_modules(recipe: Recipe) -> list[str]:
-    """Kernel modules the EEPROM and the enabled transports need, in the order they are loaded."""
-    wanted: list[str] = []
-    if recipe.platform.eeprom.source is EepromSource.VIRTUAL:
-        wanted.append(FW_CFG_MODULE)
-    if recipe.transports.iscsi.enabled:
-        wanted += ISCSI_MODULES
-    return [m for m in wanted if m not in recipe.kernel.modules]
+    """Kernel modules the enabled transports need, in the order they are loaded."""
+    if not recipe.transports.iscsi.enabled:
+        return []
+    return [m for m in ISCSI_MODULES if m not in recipe.kernel.modules]

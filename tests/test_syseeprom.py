@@ -4,6 +4,7 @@ and exit statuses are ONIE's (docs/onie-contract.md, "onie-syseeprom")."""
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,8 @@ def at(g: Guest, image: bytes, where: str = "builtin") -> None:
     g.path(where).write_bytes(image)
 
 
-@pytest.mark.parametrize("fields", [QEMU, EVERY, ODD, LONG, []], ids=["qemu", "every", "odd", "long", "empty"])
+@pytest.mark.parametrize("fields", [QEMU, EVERY, ODD, LONG, []],
+                         ids=["qemu", "every", "odd", "long", "empty"])
 def test_listing_is_tlvinfos_text(tmp_path: Path, fields: list[Field]) -> None:
     g = guest(tmp_path)
     image = encode(fields)
@@ -74,7 +76,8 @@ def test_get_of_an_absent_code(tmp_path: Path) -> None:
     at(g, encode(QEMU))
     for arg, shown in (("0x22", "0x22"), ("0x2f", "0x2f"), ("7", "0x07"), ("nonsense", "0x00")):
         out = g.run("onie-syseeprom", "-g", arg)
-        assert (out.returncode, out.stdout) == (1, f"ERROR: TLV code not present in EEPROM: {shown}\n".encode())
+        message = f"ERROR: TLV code not present in EEPROM: {shown}\n"
+        assert (out.returncode, out.stdout) == (1, message.encode())
 
 
 @pytest.mark.parametrize(("damage", "notice"), [
@@ -102,7 +105,6 @@ def test_a_reserved_type_stops_the_listing(tmp_path: Path) -> None:
     g = guest(tmp_path)
     body = b"\x21\x04QEMU\xff\x01x"
     covered = b"TlvInfo\x00\x01" + (len(body) + 6).to_bytes(2, "big") + body + b"\xfe\x04"
-    import zlib
     at(g, covered + zlib.crc32(covered).to_bytes(4, "big"))
     lines = g.text("onie-syseeprom").splitlines()
     assert lines[-2:] == ["Product Name         0x21   4 QEMU",
@@ -182,8 +184,8 @@ def test_erase_and_list(tmp_path: Path) -> None:
     for args in (["-h"], ["--help"], ["-x"], ["extra"]):
         out = g.run("onie-syseeprom", *args)
         assert out.returncode == 1 and out.stdout == b""
-        assert out.stderr.decode().splitlines()[0] == "Display and program the system EEPROM data block." \
-            or b"Display and program" in out.stderr
+        # The usage on stderr (after getopts' own line for an unknown option).
+        assert "Display and program the system EEPROM data block." in out.stderr.decode().splitlines()
 
 
 def test_virtual_sources_in_order_and_writes_on_onie_boot(tmp_path: Path) -> None:

@@ -106,7 +106,8 @@ def _check(code: Code, value: str | int) -> None:
     try:
         Tlv.of(code, value)
     except TlvInfoError as exc:
-        raise ValueError(str(exc)) from None
+        message = str(exc)
+        raise ValueError(message if repr(value) in message else f"{message}, got {value!r}") from None
 
 
 class Eeprom(Model):

@@ -39,10 +39,11 @@ def fw_cfg(path: Path, data: bytes) -> list[str]:
     return ["-fw_cfg", f"name={FW_CFG_NAME},file={path}"]
 
 
-def rescue(image: Path, log: Path, extra: Sequence[str] = ()) -> Console:
-    manifest = json.loads((image / "manifest.json").read_text())
+def rescue(image_dir: Path, log: Path, extra: Sequence[str] = ()) -> Console:
+    manifest = json.loads((image_dir / "manifest.json").read_text())
     require_qemu(manifest["arch"])
-    argv = qemu_command(machine_for(manifest["arch"]), image / "vmlinuz", image / "initrd.img",
+    argv = qemu_command(machine_for(manifest["arch"]), image_dir / "vmlinuz",
+                        image_dir / "initrd.img",
                         manifest["kernel"]["cmdline"] + " boot_reason=rescue",
                         extra=["-smbios", f"type=1,serial={DMI_SERIAL}", *extra])
     return Console.start(argv, log_path=log)

@@ -108,3 +108,16 @@ def test_discovery_headers_carry_the_eeproms_serial_and_mac(image: Path, lab: La
     assert (request.header("ONIE-SERIAL-NUMBER"), request.header("ONIE-ETH-ADDR")) == (VM_SERIAL, VM_MAC)
     report = lines(text, "TEST-INSTALLER eeprom ")[0]
     assert re.search(rf" serial={VM_SERIAL} mac={VM_MAC} ", report), report
+
+
+def test_arm64_u_boot_platform_reads_its_vms_eeprom(built: Callable[[str], Path],
+                                                    tmp_path: Path) -> None:
+    image_dir = built("qemu_arm64")
+    with rescue(image_dir, tmp_path / "console.log", fw_cfg(tmp_path / "vm.bin", VM_EEPROM)) as c:
+        c.expect(r"ONIE:/ # ", timeout=180)
+        # No DMI on arm64: the part number is Unknown; the firmware is the platform's, u-boot.
+        assert c.run("onie-sysinfo -a") == (
+            f"{VM_SERIAL} Unknown {VM_MAC} u-boot 2026.11 42623 qemu_arm64 qemu_arm64 0 "
+            "arm64-qemu_arm64-r0 arm64 1 gpt 2023-11-14T22:13+0000 qemu")
+        assert c.run("onie-syseeprom") + "\n" == render_text(VM_EEPROM)
+        assert "onie_grub_image_name" not in c.run("cat /etc/machine.conf")

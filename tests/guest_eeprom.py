@@ -48,7 +48,9 @@ class Guest:
         eeprom = {**eeprom, "paths": {**eeprom["paths"], **moved,
                                       "onie_boot": str(self.root / "onie-boot"),
                                       "saved": str(self.root / "onie-boot/onie/config/eeprom.bin")}}
-        if eeprom["file"]:
+        if eeprom["file"].startswith("/mnt/onie-boot/"):
+            eeprom["file"] = str(self.root / "onie-boot" / eeprom["file"].removeprefix("/mnt/onie-boot/"))
+        elif eeprom["file"]:
             eeprom["file"] = str(self.root / "device")
         paths = {**out["paths"], "machine_conf": str(self.root / "machine.conf"),
                  "cmdline": str(self.root / "cmdline"), "run": str(self.root / "run"),

@@ -208,7 +208,7 @@ def test_virtual_sources_in_order_and_writes_on_onie_boot(tmp_path: Path) -> Non
     assert g.text("onie-syseeprom", "-g", "0x23") == "saved\n"
 
 
-def test_sysfs_and_file_sources(tmp_path: Path) -> None:
+def test_sysfs_source(tmp_path: Path) -> None:
     sysfs = recipe_from("platform:\n  eeprom:\n    source: sysfs\n"
                         "    path: /sys/bus/i2c/devices/0-0050/eeprom\n", tmp_path, KVM)
     g = guest(tmp_path, sysfs)
@@ -217,11 +217,22 @@ def test_sysfs_and_file_sources(tmp_path: Path) -> None:
     g.text("onie-syseeprom", "-s", "0x23=SN2")
     assert decode(g.path("device").read_bytes()) == [*QEMU[:1], *QEMU[2:], Field.of(0x23, "SN2")]
     assert not g.path("ram").exists()
-    # A file source that does not exist yet reads as empty; the first write makes it.
-    (tmp_path / "f").mkdir()
-    g = guest(tmp_path / "f", recipe_from("platform:\n  eeprom:\n    source: file\n", tmp_path / "f", KVM))
+
+
+def test_a_file_on_onie_boot_is_written_only_when_it_is_mounted(tmp_path: Path) -> None:
+    g = guest(tmp_path, recipe_from("platform:\n  eeprom: {source: file}\n", tmp_path, KVM))
+    saved = g.path("onie-boot/onie/config/eeprom.bin")
+    # Missing, it reads as the empty image.
     out = g.run("onie-syseeprom")
     assert out.stdout == render_text(encode([])).encode()
     assert out.stderr == b"Notice:  Invalid TLV header found.  Using default contents.\n"
+    out = g.run("onie-syseeprom", "-s", "0x21=made")
+    assert out.returncode == 1
+    assert out.stdout.decode().splitlines()[-1] == (
+        f"ERROR: Unable to write the EEPROM: {saved} (ONIE-BOOT is not mounted at "
+        f"{g.path('onie-boot')})")
+    assert not saved.exists()
+    g.path("onie-boot").mkdir()
+    g.path("mounts").write_text(f"/dev/vda2 {g.path('onie-boot')} ext4 rw 0 0\n")
     g.text("onie-syseeprom", "-s", "0x21=made")
-    assert decode(g.path("device").read_bytes()) == [Field.of(0x21, "made")]
+    assert decode(saved.read_bytes()) == [Field.of(0x21, "made")]

@@ -18,6 +18,7 @@ from builder.onie.tlvcodes import Code
 from builder.onie.tlvinfo import Field, decode, encode, render_text
 from builder.recipe.load import load_recipe
 from tests.conftest import require_qemu
+from tests.imagelab import choose_grub_entry, ovmf_args, x86_command
 from tests.installers import script_installer
 from tests.test_discovery_boot import Lab, finish, image, lab, lines  # noqa: F401 (fixtures)
 from tests.test_sysinfo import ONIE_KEYS, OUR_KEYS, sonic_read_conf
@@ -121,3 +122,16 @@ def test_arm64_u_boot_platform_reads_its_vms_eeprom(built: Callable[[str], Path]
             "arm64-qemu_arm64-r0 arm64 1 gpt 2023-11-14T22:13+0000 qemu")
         assert c.run("onie-syseeprom") + "\n" == render_text(VM_EEPROM)
         assert "onie_grub_image_name" not in c.run("cat /etc/machine.conf")
+
+
+def test_uefi_boot_says_uefi(built: Callable[[str], Path], tmp_path: Path) -> None:
+    """/init rewrites onie_firmware before anything reads machine.conf."""
+    iso = built("qemu_x86_64") / "onie-recovery-x86_64-qemu_x86_64-r0.iso"
+    argv = x86_command(*ovmf_args(tmp_path), "-cdrom", str(iso), "-nic", "none")
+    with Console.start(argv, tmp_path / "console.log") as c:
+        choose_grub_entry(c, 1)  # ONIE: Rescue
+        c.expect(r"ONIE:/ # ", timeout=300)
+        assert c.run("grep ^onie_firmware= /etc/machine.conf") == "onie_firmware=uefi"
+        assert c.run("onie-sysinfo -l -t") == "uefi gpt"
+        keys = [line.split("=", 1)[0] for line in c.run("cat /etc/machine.conf").splitlines()]
+        assert keys == ONIE_KEYS + OUR_KEYS

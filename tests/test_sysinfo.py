@@ -144,3 +144,28 @@ def test_a_version_neither_reader_gets_back_is_refused(tmp_path: Path, version: 
     g.recipe = recipe_from(f"version: {version!r}\n".replace("\\\\", "\\"), tmp_path, KVM)
     with pytest.raises(BuildError, match="cannot be written to a key=value file"):
         g.render("guest/etc/machine.conf.j2")
+
+
+def test_installer_environment_has_onies_names(tmp_path: Path) -> None:
+    g = guest(tmp_path)
+    g.path("builtin").write_bytes(EEPROM)
+    g.path("cmdline").write_text("quiet boot_reason=install dhcp=eth0 ip=dhcp bootfile=x.bin verbose"
+                                 " testing sec_key=K1\n")
+    installer = g.path("installer")
+    installer.write_text("#!/bin/sh\nenv | grep '^onie_' | sort\n")
+    installer.chmod(0o755)
+    out = g.ash(f'read_cmdline; find_identity; run_installer "{installer}" http://s/onie-installer')
+    env = dict(line.split("=", 1) for line in out.stdout.splitlines())
+    expected = {
+        "onie_exec_url": "http://s/onie-installer", "onie_installer": str(installer),
+        "onie_boot_reason": "install", "onie_operation": "os-install",
+        "onie_serial_num": "SN-EE2", "onie_eth_addr": "02:00:00:AB:CD:EF", "onie_sec_key": "K1",
+        "onie_dhcp": "eth0", "onie_ip": "dhcp", "onie_bootfile": "x.bin", "onie_verbose": "y",
+        "onie_testing": "y", "onie_default_filename": "onie-installer-x86_64-qemu_x86_64-r0",
+        "onie_platform": "x86_64-qemu_x86_64-r0", "onie_vendor_id": "42623",
+        "onie_machine": "qemu_x86_64", "onie_firmware": "bios",
+    }
+    assert {k: env.get(k) for k in expected} == expected
+    assert env["onie_default_filenames"].split()[-2:] == ["onie-installer", "onie-installer.bin"]
+    assert {k for k in env if k.startswith("onie_disco_")} >= {
+        "onie_disco_ip", "onie_disco_serverid", "onie_disco_onie_url", "onie_disco_url"}

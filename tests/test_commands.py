@@ -227,3 +227,17 @@ def test_stop_and_start(service: Guest) -> None:
     assert not pid_file.exists()
     proc = service.command("onie-stop", "-x")
     assert (proc.returncode, proc.stdout.splitlines()[0]) == (1, "Unknown argument: -x")
+
+
+def test_onie_boot_rc_does_nothing_without_a_disk(tmp_path: Path) -> None:
+    """No block device (netboot): no wait, no process but the script, not a word."""
+    guest = Guest(tmp_path, platform_recipe("qemu_x86_64"), sys_block=str(tmp_path / "block"))
+    (tmp_path / "block").mkdir()
+    rc = guest.install("S01onie-boot", guest.render("guest/etc/onie-boot-rc.j2"))
+    proc = guest.sh(str(rc))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    # A partition named ONIE-BOOT whose device node is not there is left alone too.
+    (tmp_path / "block" / "vdz1").mkdir()
+    (tmp_path / "block" / "vdz1" / "uevent").write_text("DEVNAME=vdz1\nPARTNAME=ONIE-BOOT\n")
+    proc = guest.sh(str(rc))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")

@@ -47,6 +47,16 @@ TEMPLATES = (
     ("guest/etc/lsb-release.j2", "/etc/lsb-release", 0o644),
     ("guest/commands/onie-syseeprom.sh.j2", "/usr/bin/onie-syseeprom", 0o755),
     ("guest/commands/onie-sysinfo.sh.j2", "/bin/onie-sysinfo", 0o755),
+    # ONIE's commands (docs/commands.md): ONIE-BOOT mounted before discovery, then one file each.
+    ("guest/etc/onie-boot-rc.j2", "/etc/rc.d/S01onie-boot", 0o755),
+    ("guest/commands/nos-install.sh.j2", "/bin/onie-nos-install", 0o755),
+    ("guest/commands/self-update.sh.j2", "/bin/onie-self-update", 0o755),
+    ("guest/commands/start.sh.j2", "/bin/onie-discovery-start", 0o755),
+    ("guest/commands/stop.sh.j2", "/bin/onie-discovery-stop", 0o755),
+    ("guest/commands/stop.sh.j2", "/bin/onie-stop", 0o755),
+    ("guest/commands/support.sh.j2", "/bin/onie-support", 0o755),
+    ("guest/commands/boot-mode.sh.j2", "/bin/onie-boot-mode", 0o755),
+    ("guest/commands/nos-mode.sh.j2", "/bin/onie-nos-mode", 0o755),
 )
 
 

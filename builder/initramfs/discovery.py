@@ -44,6 +44,7 @@ PATHS = {
     "cmdline": "/proc/cmdline",
     "modules": "/run/onie/modules",  # /init marks each module group done here (guest/init.j2)
     "resolv": "/etc/resolv.conf",
+    "console": "/dev/console",  # where a discovery started by onie-discovery-start writes
 }
 # (template, path key, mode): the discovery part of the image (see initramfs.TEMPLATES).
 TEMPLATES = (("guest/discovery.sh.j2", "script", 0o755), ("guest/lib/udhcpc.sh.j2", "udhcpc", 0o755))

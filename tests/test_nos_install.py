@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,6 +105,9 @@ def test_nos_installer_installs_and_both_boot(image: Path, namespace: NetNamespa
     assert ext4_read(disk, start, size, "/onie/vmlinuz") == (image / "vmlinuz").read_bytes()
     assert ext4_read(disk, start, size, "/grub/grubenv").startswith(b"# GRUB Environment Block\n")
     assert ext4_read(disk, start, size, "/onie/grub.d/50_onie_grub").startswith(b"#!/bin/sh\n")
+    machine = ext4_read(disk, start, size, "/onie/grub/grub-machine.cfg").decode()
+    assert re.search(f'^onie_platform="?{PLATFORM}"?\nexport onie_platform$', machine, re.M), machine
+    assert ext4_read(disk, start, size, "/onie/grub/grub-extra.cfg") == b""
 
     # 2. The disk boots the environment (install mode by default); discovery finds the NOS
     #    installer by option 114 and runs it.

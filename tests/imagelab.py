@@ -74,3 +74,25 @@ def fat_read(image: Path, offset: int, path: str) -> bytes:
     proc = subprocess.run(["mtype", "-i", f"{image}@@{offset}", f"::{path}"],
                           capture_output=True, check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
     return proc.stdout
+
+
+def ext4_read(image: Path, start: int, size: int, path: str) -> bytes:
+    """Read one file from the ext4 file system of a partition (``start``, ``size`` in bytes)
+    of ``image``, with e2fsprogs' debugfs on a copy of the partition."""
+    part = image.with_name(image.name + f".part{start}")
+    with image.open("rb") as src, part.open("wb") as dst:
+        src.seek(start)
+        dst.write(src.read(size))
+    try:
+        proc = subprocess.run(["debugfs", "-R", f"cat {path}", str(part)], capture_output=True,
+                              check=True)
+        if proc.stderr.strip() and b"debugfs " not in proc.stderr:
+            raise AssertionError(f"debugfs: {proc.stderr.decode(errors='replace')}")
+        return proc.stdout
+    finally:
+        part.unlink()
+
+
+def partition_bytes(table_entry: dict[str, object]) -> tuple[int, int]:
+    """(start, size) in bytes of a partition from ``sfdisk -J``."""
+    return int(table_entry["start"]) * 512, int(table_entry["size"]) * 512  # type: ignore[call-overload]

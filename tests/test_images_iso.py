@@ -21,8 +21,9 @@ from tests.imagelab import (
     DISCOVERY,
     choose_grub_entry,
     expect_environment,
-    fat_read,
+    ext4_read,
     ovmf_args,
+    partition_bytes,
     x86_command,
 )
 
@@ -90,12 +91,12 @@ def test_embed_then_boot_from_disk_then_update(tmp_path: Path, cache_env: dict[s
         console.expect(r"onie-updater: done: ONIE 2026\.11 for " + PLATFORM + " is on /dev/vda", 240)
         console.expect(r"onie-embed: done, reboot", 30)
     parts = partitions(disk)
-    assert list(parts) == ["BIOS boot", "EFI System", "ONIE-BOOT"]
-    boot = int(parts["ONIE-BOOT"]["start"]) * 512  # type: ignore[call-overload]
-    assert fat_read(disk, boot, "/onie/version") == f"{PLATFORM} 2026.11\n".encode()
-    assert fat_read(disk, boot, "/onie/vmlinuz") == (image / "vmlinuz").read_bytes()
+    assert list(parts) == ["GRUB-BOOT", "EFI System", "ONIE-BOOT"]
+    start, size = partition_bytes(parts["ONIE-BOOT"])
+    assert ext4_read(disk, start, size, "/onie/version") == f"{PLATFORM} 2026.11\n".encode()
+    assert ext4_read(disk, start, size, "/onie/vmlinuz") == (image / "vmlinuz").read_bytes()
 
-    # 2. The disk boots without the ISO (BIOS: GRUB from the BIOS boot partition); its
+    # 2. The disk boots without the ISO (BIOS: GRUB from GRUB-BOOT); its
     #    "Update ONIE" entry starts discovery in update mode, which finds the signed updater on
     #    a USB-style stick, verifies it and runs it: the disk is updated in place.
     stick = make_vfat(tmp_path / "stick.img", {UPDATER: newer / UPDATER}, "UPDATE", "stick",
@@ -108,8 +109,8 @@ def test_embed_then_boot_from_disk_then_update(tmp_path: Path, cache_env: dict[s
         assert found.group(2) == "update"
         console.expect(r"onie-updater: updating ONIE on /dev/vda to 2026\.12", 240)
         console.expect(f"onie-updater: done: ONIE 2026\\.12 for {PLATFORM} is on /dev/vda", 120)
-    assert list(partitions(disk)) == ["BIOS boot", "EFI System", "ONIE-BOOT"]
-    assert fat_read(disk, boot, "/onie/version") == f"{PLATFORM} 2026.12\n".encode()
+    assert list(partitions(disk)) == ["GRUB-BOOT", "EFI System", "ONIE-BOOT"]
+    assert ext4_read(disk, start, size, "/onie/version") == f"{PLATFORM} 2026.12\n".encode()
 
     # 3. The updated disk, alone, boots under UEFI too (GRUB from the EFI system partition).
     argv = x86_command(*ovmf_args(tmp_path), "-drive", f"file={disk},format=raw,if=virtio",

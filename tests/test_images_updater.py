@@ -59,17 +59,44 @@ def test_updater_script_and_payload(built: Callable[[str], Path], tmp_path: Path
     parts = {p["name"]: p for p in layout(files, sectors, tmp_path)}
     boot = parts["ONIE-BOOT"]
     assert boot["type"] == "7412F7D5-A156-4B13-81DC-867174929325"
-    assert f"put onie-boot.img {boot['start']}" in script
-    (tmp_path / "boot.img").write_bytes(files["onie-boot.img"])
-    version = fat_read(tmp_path / "boot.img", 0, "/onie/version").decode()
     if platform == "qemu_x86_64":
-        assert list(parts) == ["BIOS boot", "EFI System", "ONIE-BOOT"]
-        assert version == "x86_64-qemu_x86_64-r0 2026.11\n"
-        # GRUB's MBR code points at the core image in the BIOS boot partition.
-        assert int.from_bytes(files["head.img"][0x5C:0x64], "little") == parts["BIOS boot"]["start"]
+        # ONIE's layout and attributes; ONIE-BOOT's files travel as files: the updater makes
+        # its ext4 file system on the switch and copies them in.
+        assert list(parts) == ["GRUB-BOOT", "EFI System", "ONIE-BOOT"]
+        for name in ("GRUB-BOOT", "ONIE-BOOT"):
+            assert parts[name]["attrs"] == "RequiredPartition GUID:60"
+        assert parts["GRUB-BOOT"]["type"] == "21686148-6449-6E6F-744E-656564454649"
+        assert "onie-boot.img" not in files and "mkfs.ext4 -q -F -L ONIE-BOOT" in script
+        assert files["onie-boot/onie/version"] == b"x86_64-qemu_x86_64-r0 2026.11\n"
+        assert files["onie-boot/onie/vmlinuz"] == (image / "vmlinuz").read_bytes()
+        assert files["onie-boot/onie/initrd.img"] == (image / "initrd.img").read_bytes()
+        env = files["onie-boot/grub/grubenv"]
+        assert len(env) == 1024 and env.startswith(b"# GRUB Environment Block\n")
+        menu = files["onie-boot/grub/grub.cfg"].decode()
+        titles = re.findall(r"^menuentry '([^']+)' --id (\w+)", menu, re.M)
+        assert titles == [("ONIE: Install OS", "install"), ("ONIE: Rescue", "rescue"),
+                          ("ONIE: Uninstall OS", "uninstall"), ("ONIE: Update ONIE", "update"),
+                          ("ONIE: Embed ONIE", "embed")]
+        assert 'load_env -f "$prefix/grubenv"' in menu
+        # 50_onie_grub prints the entry a NOS appends to its grub.cfg: titled exactly ONIE.
+        grub_d = tmp_path / "50_onie_grub"
+        grub_d.write_bytes(files["onie-boot/onie/grub.d/50_onie_grub"])
+        printed = subprocess.run(["sh", str(grub_d)], capture_output=True, text=True, check=True).stdout
+        assert printed.startswith("menuentry ONIE {\n")
+        assert "search --no-floppy --label --set=root ONIE-BOOT" in printed
+        assert "configfile $prefix/grub.cfg" in printed
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(
+                updater.read_bytes()[len(script.encode()):]))) as tar:
+            modes = {m.name: m.mode for m in tar.getmembers()}
+        assert modes["onie-boot/onie/grub.d/50_onie_grub"] == 0o755
+        assert modes["onie-boot/onie/vmlinuz"] == 0o644
+        # GRUB's MBR code points at the core image in GRUB-BOOT.
+        assert int.from_bytes(files["head.img"][0x5C:0x64], "little") == parts["GRUB-BOOT"]["start"]
         assert files["bios.img"][:4] != b"\0\0\0\0"
-        assert fat_read(tmp_path / "boot.img", 0, "/onie/vmlinuz") == (image / "vmlinuz").read_bytes()
     else:
+        assert f"put onie-boot.img {boot['start']}" in script
+        (tmp_path / "boot.img").write_bytes(files["onie-boot.img"])
+        assert fat_read(tmp_path / "boot.img", 0, "/onie/version").decode() == "arm64-qemu_arm64-r0 2026.11\n"
         assert list(parts) == ["ONIE-BOOT"] and "LegacyBIOSBootable" in str(boot.get("attrs"))
         assert fat_read(tmp_path / "boot.img", 0, "/onie.itb") == (image / "fit" / "onie.itb").read_bytes()
 

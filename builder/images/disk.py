@@ -1,11 +1,12 @@
 """The environment's disk layout: a GPT region at the start of the switch's disk, built as pieces.
 
-The region holds the partitions the environment owns (ONIE's layout: a BIOS boot partition
-and an EFI system partition on x86_64, then ONIE-BOOT); a NOS adds its own partitions after
-it. The GPT is written by sfdisk into a sparse file the size of the region, with disk and
-partition GUIDs derived from the platform string, so it is the same on every build. Its
-backup header sits at the end of the region, not of the disk; Linux, GRUB, OVMF and u-boot
-accept that, and a NOS installer moves it to the end (`sfdisk --relocate gpt-bak-std`).
+The region holds the partitions the environment owns (ONIE's layout, docs/onie-contract.md:
+GRUB-BOOT (BIOS boot) and an EFI system partition on x86_64, so one disk boots under BIOS and
+UEFI, then ONIE-BOOT); a NOS adds its own partitions after it. The GPT is written by sfdisk
+into a sparse file the size of the region, with disk and partition GUIDs derived from the
+platform string, so it is the same on every build. Its backup header sits at the end of the
+region; the updater moves it to the end of the switch's disk (``sgdisk -e``), because NOS
+installers add partitions after the last one and never move it themselves.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
 EFI_SYSTEM = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ONIE_BOOT = "7412F7D5-A156-4B13-81DC-867174929325"  # ONIE's type GUID for ONIE-BOOT
 ESP_MIB = 32
+# GPT attribute bits ONIE sets (docs/onie-contract.md, "x86 disk layout"): 0 "required by the
+# platform" and 60 "read-only"; uninstall keeps partitions by type GUID, so a NOS leaves these.
+ONIE_ATTRS = "RequiredPartition,GUID:60"
 
 
 @dataclass(frozen=True)
@@ -54,15 +58,15 @@ class Layout:
 
 
 def make_layout(arch: str, boot_mib: int) -> Layout:
-    """x86_64: BIOS boot, EFI System, ONIE-BOOT; arm64: ONIE-BOOT only (u-boot reads it)."""
+    """x86_64: GRUB-BOOT, EFI System, ONIE-BOOT; arm64: ONIE-BOOT only (u-boot reads it)."""
     parts: list[Partition] = []
     start = MIB
     if arch == "x86_64":
-        parts.append(Partition("BIOS boot", BIOS_BOOT, start, MIB))
+        parts.append(Partition("GRUB-BOOT", BIOS_BOOT, start, MIB, ONIE_ATTRS))
         parts.append(Partition("EFI System", EFI_SYSTEM, 2 * MIB, ESP_MIB * MIB))
         start = (2 + ESP_MIB) * MIB
     # u-boot's distro boot scans the partitions marked bootable (legacy BIOS bootable in GPT).
-    attrs = "LegacyBIOSBootable" if arch == "arm64" else ""
+    attrs = "LegacyBIOSBootable" if arch == "arm64" else ONIE_ATTRS
     parts.append(Partition("ONIE-BOOT", ONIE_BOOT, start, boot_mib * MIB, attrs))
     end = start + boot_mib * MIB
     return Layout(tuple(parts), end + MIB)

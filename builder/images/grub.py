@@ -20,9 +20,10 @@ GRUB_LIB = Path("/usr/lib/grub")
 PACKAGES = {"i386-pc": "grub-pc-bin", "x86_64-efi": "grub-efi-amd64-bin"}
 
 # Everything the menus use is built into the core image: no module folder on the media.
-COMMON_MODULES = ("part_gpt", "part_msdos", "fat", "iso9660", "search", "search_label",
+# ext2 reads the disk's ext4 ONIE-BOOT; loadenv its grubenv (the mode onie-boot-mode sets).
+COMMON_MODULES = ("part_gpt", "part_msdos", "fat", "iso9660", "ext2", "search", "search_label",
                   "search_fs_file", "normal", "configfile", "linux", "echo", "test", "serial",
-                  "terminal", "sleep", "boot", "halt", "reboot", "ls", "cat")
+                  "terminal", "sleep", "boot", "halt", "reboot", "ls", "cat", "loadenv")
 PLATFORM_MODULES = {"i386-pc": ("biosdisk",), "x86_64-efi": ("efi_gop",)}
 
 # Offsets in boot.img and diskboot.img (GRUB's include/grub/i386/pc/boot.h and setup.c).
@@ -31,6 +32,7 @@ BOOT_DRIVE = 0x64  # 0xff: use the drive the BIOS booted from
 BOOT_DRIVE_CHECK = 0x66  # a jmp that grub-setup turns into two nops for hard disks
 MBR_CODE = 440  # the boot code area; the disk signature and partition table follow
 BLOCKLIST = 0x200 - 12  # in diskboot.img: u64 start, u16 length, u16 segment
+GRUBENV_SIZE = 1024  # GRUB's environment block is one fixed-size file (grub-editenv)
 
 
 def find_grub_dir(target: str, why: str) -> Path:
@@ -90,6 +92,15 @@ def place_core(core: bytes, core_lba: int) -> bytes:
     return bytes(data)
 
 
+def render_grubenv(values: dict[str, str]) -> bytes:
+    """A GRUB environment block (what ``grub-editenv FILE create`` writes, then ``set``): a
+    header line, ``name=value`` lines, '#' padding to exactly 1024 bytes."""
+    head = "# GRUB Environment Block\n" + "".join(f"{k}={v}\n" for k, v in sorted(values.items()))
+    if len(head) > GRUBENV_SIZE:
+        raise ValueError(f"GRUB environment block over {GRUBENV_SIZE} bytes")
+    return (head + "#" * (GRUBENV_SIZE - len(head))).encode()
+
+
 def serial_unit(recipe: Recipe) -> int | None:
     """The GRUB serial unit for the console (ttyS1 -> 1), or None when not a 16550 port."""
     device = recipe.platform.console.device
@@ -105,5 +116,6 @@ def render_menu(recipe: Recipe, values: dict[str, Any]) -> str:
         "serial_unit": serial_unit(recipe),
         "speed": recipe.platform.console.speed,
         "timeout": recipe.images.grub_timeout,
+        "modes": False,
         **values,
     })

@@ -31,6 +31,7 @@ from builder.images.grub import (
     make_core,
     place_core,
     render_early_config,
+    render_grubenv,
     render_menu,
 )
 from builder.recipe.model import Recipe
@@ -38,6 +39,11 @@ from builder.render import make_environment, render_template
 
 BOOT_LABEL = "ONIE-BOOT"
 WHY = "to build the updater's boot loaders"
+BOOT_FOLDER = "onie-boot"  # in the payload: the files of the x86 ONIE-BOOT file system
+EXECUTABLES = frozenset({f"{BOOT_FOLDER}/onie/grub.d/50_onie_grub"})
+# ONIE's menu titles (docs/onie-contract.md, G8) and the boot_reason each passes.
+DISK_MODES = (("Install OS", "install"), ("Rescue", "rescue"), ("Uninstall OS", "uninstall"),
+              ("Update ONIE", "update"), ("Embed ONIE", "embed"))
 
 
 @dataclass(frozen=True)
@@ -83,16 +89,19 @@ def sign_updater(recipe: Recipe, context: ImageContext, src: Path, dest: Path, k
 def make_updater_file(recipe: Recipe, context: ImageContext, out: Path) -> Path:
     """The unsigned self-extracting updater."""
     layout = make_layout(recipe.platform.arch.value, recipe.images.boot_size_mib)
+    boot_files: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="updater-") as tmp:
         work = Path(tmp)
         head, tail = make_gpt(layout, recipe.platform_string, work)
         if recipe.platform.arch.value == "x86_64":
             head, pieces = make_x86_pieces(recipe, context, layout, head, work)
+            boot_files = make_boot_files(recipe, context)
         else:
             pieces = make_arm64_pieces(recipe, context, layout, work)
-    files = {"head.img": head, "tail.img": tail, **{p.file: p.data for p in pieces}}
-    payload = make_payload(files, context.source_date_epoch)
-    script = render_script(recipe, layout, pieces, payload)
+    files = {"head.img": head, "tail.img": tail, **{p.file: p.data for p in pieces},
+             **{f"{BOOT_FOLDER}/{name}": data for name, data in boot_files.items()}}
+    payload = make_payload(files, context.source_date_epoch, executable=EXECUTABLES)
+    script = render_script(recipe, layout, pieces, payload, boot_files)
     out.write_bytes(script + payload)
     out.chmod(0o755)
     return out
@@ -100,26 +109,37 @@ def make_updater_file(recipe: Recipe, context: ImageContext, out: Path) -> Path:
 
 def make_x86_pieces(recipe: Recipe, context: ImageContext, layout: Layout, head: bytes,
                     work: Path) -> tuple[bytes, list[Piece]]:
-    """GRUB for BIOS (boot code + core image) and UEFI (ESP), and ONIE-BOOT with the menu."""
+    """GRUB for BIOS (boot code + core image in GRUB-BOOT) and UEFI (the ESP). ONIE-BOOT is
+    ext4, made on the switch (``make_boot_files``): a NOS installer mounts and reads it there."""
     early = render_early_config(BOOT_LABEL)
-    bios = layout.find("BIOS boot")
+    bios = layout.find("GRUB-BOOT")
     core = make_core("i386-pc", "i386-pc", work / "core.img", early, "/grub", WHY).read_bytes()
     if len(core) > bios.size * SECTOR:
-        raise BuildError(f"the GRUB core image ({len(core)} bytes) does not fit the BIOS boot partition")
+        raise BuildError(f"the GRUB core image ({len(core)} bytes) does not fit the GRUB-BOOT partition")
     code = make_boot_code(bios.start)
     head = code + head[len(code):]
     efi = make_core("x86_64-efi", "x86_64-efi", work / "BOOTX64.EFI", early, "/grub", WHY)
     esp = layout.find("EFI System")
     esp_image = make_vfat(work / "esp.img", {"EFI/BOOT/BOOTX64.EFI": efi}, "EFI",
                           f"{recipe.platform_string}:esp", context.source_date_epoch)
-    menu = render_menu(recipe, {
-        "medium": "disk", "kernel": "/onie/vmlinuz",
-        "entries": disk_entries(context, "/onie/initrd.img")})
-    files: dict[str, Path | bytes] = {"grub/grub.cfg": menu.encode(), "onie/vmlinuz": context.kernel,
-                                      "onie/initrd.img": context.initramfs}
     return head, [Piece(bios.name, "bios.img", bios.start, place_core(core, bios.start)),
-                  Piece(esp.name, "esp.img", esp.start, esp_image.read_bytes()),
-                  make_boot_piece(recipe, context, layout, files, work)]
+                  Piece(esp.name, "esp.img", esp.start, esp_image.read_bytes())]
+
+
+def make_boot_files(recipe: Recipe, context: ImageContext) -> dict[str, bytes]:
+    """What goes onto the x86 ONIE-BOOT file system (docs/onie-contract.md): the kernel and
+    initramfs, GRUB's menu and environment block, and ``onie/grub.d/50_onie_grub``."""
+    menu = render_menu(recipe, {
+        "medium": "disk", "kernel": "/onie/vmlinuz", "modes": True,
+        "entries": disk_entries(context, "/onie/initrd.img")})
+    env = make_environment(recipe.templates)
+    grub_d = render_template(env, "images/50_onie_grub.j2", {
+        "platform": recipe.platform, "builder_version": __version__})
+    return {"grub/grub.cfg": menu.encode(), "grub/grubenv": render_grubenv({}),
+            "onie/grub.d/50_onie_grub": grub_d.encode(),
+            "onie/vmlinuz": context.kernel.read_bytes(),
+            "onie/initrd.img": context.initramfs.read_bytes(),
+            "onie/version": f"{recipe.platform_string} {recipe.version}\n".encode()}
 
 
 def make_arm64_pieces(recipe: Recipe, context: ImageContext, layout: Layout,
@@ -146,22 +166,23 @@ def make_boot_piece(recipe: Recipe, context: ImageContext, layout: Layout,
 
 
 def disk_entries(context: ImageContext, initrd: str) -> list[dict[str, object]]:
-    """The GRUB menu of an installed disk: install (default), rescue, update."""
-    return [{"title": f"ONIE: {title}", "initrds": [initrd],
+    """The GRUB menu of an installed disk, ONIE's five modes with ONIE's titles (install is
+    the default); each entry's id is its mode, which grubenv's ``onie_mode`` names."""
+    return [{"title": f"ONIE: {title}", "id": mode, "initrds": [initrd],
              "cmdline": [*context.cmdline.split(), f"boot_reason={mode}"]}
-            for title, mode in (("Install OS", "install"), ("Rescue", "rescue"),
-                                ("Update ONIE", "update"))]
+            for title, mode in DISK_MODES]
 
 
-def make_payload(files: dict[str, bytes], epoch: int) -> bytes:
-    """A deterministic tar.gz: sorted names, owner 0:0, every time ``epoch``."""
+def make_payload(files: dict[str, bytes], epoch: int, executable: frozenset[str] = frozenset()) -> bytes:
+    """A deterministic tar.gz: sorted names, owner 0:0, every time ``epoch``; the names in
+    ``executable`` get mode 0755, the others 0644."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name in sorted(files):
             info = tarfile.TarInfo(name)
             info.size = len(files[name])
             info.mtime = epoch
-            info.mode = 0o644
+            info.mode = 0o755 if name in executable else 0o644
             tar.addfile(info, io.BytesIO(files[name]))
     # Run-length matching only (zlib's Z_RLE): most of the payload is the kernel and the
     # initramfs, already compressed, and what compresses is the partitions' zero-filled free
@@ -171,12 +192,15 @@ def make_payload(files: dict[str, bytes], epoch: int) -> bytes:
     return packer.compress(raw.getvalue()) + packer.flush()
 
 
-def render_script(recipe: Recipe, layout: Layout, pieces: list[Piece], payload: bytes) -> bytes:
+def render_script(recipe: Recipe, layout: Layout, pieces: list[Piece], payload: bytes,
+                  boot_files: dict[str, bytes]) -> bytes:
     """The script with the payload's offset (its own length), size and sha256 filled in."""
     env = make_environment(recipe.templates)
     values = {"platform": recipe.platform, "version": recipe.version,
               "builder_version": __version__, "layout": layout, "pieces": pieces,
               "boot_code": recipe.platform.arch.value == "x86_64",
+              "boot_folder": BOOT_FOLDER if boot_files else None,
+              "boot_partition": layout.partitions.index(layout.find(BOOT_LABEL)) + 1,
               "payload_size": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
     offset = 0
     while True:  # the offset is the script's own length: a fixed point in a step or two

@@ -1,0 +1,151 @@
+"""ONIE's runtime contract end to end (#15): a NOS installer written like a real one installs
+onto the disk of a QEMU guest whose environment was embedded on that disk first; the disk then
+boots the NOS, and its ONIE entry (from 50_onie_grub) boots back into the environment. Under
+SeaBIOS and under OVMF.
+
+Per firmware, four boots of one disk: the ISO's embed entry lays the environment out (GPT
+sized for the whole disk); the disk boots the environment, whose discovery finds the NOS
+installer by DHCP option 114 in the test's namespace and runs it; the disk boots the NOS by
+default; the NOS's menu entry "ONIE" opens the environment's menu, which boots install mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder.lab.netns import NetNamespace
+from builder.lab.qemu import Console
+from builder.lab.servers import Dnsmasq, HttpServer
+from tests.conftest import require_root_netns, require_tool, run_cli
+from tests.imagelab import (
+    choose_grub_entry,
+    expect_environment,
+    ext4_read,
+    ovmf_args,
+    partition_bytes,
+    subnet,
+    x86_command,
+)
+from tests.nos import nos_installer
+
+pytestmark = [pytest.mark.lab, pytest.mark.network]
+
+RECIPE = Path(__file__).resolve().parent / "recipes" / "lab_x86_64.yaml"
+PLATFORM = "x86_64-qemu_x86_64-r0"
+ISO = f"onie-recovery-{PLATFORM}.iso"
+DISK_MIB = 1024
+SECTORS = DISK_MIB * 2048
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]) -> Path:
+    require_tool("xorriso", "to build ISO images")
+    out = tmp_path_factory.mktemp("nos-out")
+    proc = run_cli("build", str(RECIPE), "--out", str(out), "--json", "--no-lock", env=cache_env)
+    return Path(json.loads(proc.stdout)[0]["out"])
+
+
+@pytest.fixture
+def namespace() -> Iterator[NetNamespace]:
+    require_root_netns()
+    require_tool("dnsmasq", "for the lab's DHCP server (dnsmasq-base)")
+    with NetNamespace.create("obn") as ns:
+        yield ns
+
+
+def partitions(disk: Path) -> dict[str, dict[str, object]]:
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True,
+                                      check=True, text=True).stdout)["partitiontable"]
+    return {p["name"]: p for p in table["partitions"]}
+
+
+def backup_gpt_lba(disk: Path) -> int:
+    """The primary GPT header's "alternate LBA" field: where the backup header is."""
+    with disk.open("rb") as f:
+        f.seek(512)
+        header = f.read(92)
+    assert header[:8] == b"EFI PART"
+    return int.from_bytes(header[32:40], "little")
+
+
+def firmware_args(firmware: str, tmp: Path) -> list[str]:
+    return ovmf_args(tmp) if firmware == "uefi" else []
+
+
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_nos_installer_installs_and_both_boot(image: Path, namespace: NetNamespace, tmp_path: Path,
+                                              firmware: str) -> None:
+    require_tool("sgdisk", "to check the disk's GPT (Debian package gdisk)")
+    require_tool("debugfs", "to read the disk's ONIE-BOOT (Debian package e2fsprogs)")
+    disk = tmp_path / "disk.img"
+    with disk.open("wb") as f:
+        f.truncate(DISK_MIB << 20)
+    fw = firmware_args(firmware, tmp_path)
+    drive = ["-drive", f"file={disk},format=raw,if=virtio"]
+
+    # 1. The ISO's embed entry lays the environment out on the blank disk.
+    argv = x86_command(*fw, "-cdrom", str(image / ISO), *drive, "-nic", "none", "-boot", "d")
+    with Console.start(argv, tmp_path / "embed.log") as console:
+        choose_grub_entry(console, 2)
+        console.expect(f"onie-updater: done: ONIE 2026\\.11 for {PLATFORM} is on /dev/vda", 300)
+        console.expect(r"onie-embed: done, poweroff", 60)
+        assert console.proc.wait(60) == 0
+    parts = partitions(disk)
+    assert list(parts) == ["GRUB-BOOT", "EFI System", "ONIE-BOOT"]
+    assert backup_gpt_lba(disk) == SECTORS - 1  # moved to the end of the disk
+    start, size = partition_bytes(parts["ONIE-BOOT"])
+    assert ext4_read(disk, start, size, "/onie/version") == f"{PLATFORM} 2026.11\n".encode()
+    assert ext4_read(disk, start, size, "/onie/vmlinuz") == (image / "vmlinuz").read_bytes()
+    assert ext4_read(disk, start, size, "/grub/grubenv").startswith(b"# GRUB Environment Block\n")
+    assert ext4_read(disk, start, size, "/onie/grub.d/50_onie_grub").startswith(b"#!/bin/sh\n")
+    machine = ext4_read(disk, start, size, "/onie/grub/grub-machine.cfg").decode()
+    assert re.search(f'^onie_platform="?{PLATFORM}"?\nexport onie_platform$', machine, re.M), machine
+    assert ext4_read(disk, start, size, "/onie/grub/grub-extra.cfg") == b""
+
+    # 2. The disk boots the environment (install mode by default); discovery finds the NOS
+    #    installer by option 114 and runs it.
+    net = subnet()
+    namespace.add_tap("tap0", f"{net}.1/24")
+    www = tmp_path / "www"
+    nos_installer(www / "nos-installer.bin", image / "vmlinuz", "nos")
+    web = HttpServer(namespace, www, tmp_path / "httpd", address=f"{net}.1").start()
+    Dnsmasq(namespace, "tap0", f"{net}.1", tmp_path / "dnsmasq",
+            options=[f"114,{web.url('nos-installer.bin')}"]).start()
+    nic = ["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
+           "-device", "virtio-net-pci,netdev=n0,romfile="]
+    argv = x86_command(*fw, *drive, *nic)
+    with Console.start(argv, tmp_path / "install.log", netns=namespace.name) as console:
+        found = expect_environment(console, PLATFORM, 300)
+        assert found.group(2) == "install"
+        uefi = "uefi" if firmware == "uefi" else "bios"
+        console.expect(f"NOS-INSTALLER nos: platform {PLATFORM} firmware {uefi}", 240)
+        console.expect(r"NOS-INSTALLER nos: ONIE-BOOT is /dev/vda3 on /dev/vda", 30)
+        console.expect(r"NOS-INSTALLER nos: partition 4 \(/dev/vda4\) ready", 120)
+        console.expect(r"NOS-INSTALLER nos: installed", 240)
+        console.expect(r"reboot: Power down", 120)
+        assert console.proc.wait(60) == 0
+    parts = partitions(disk)
+    assert list(parts) == ["GRUB-BOOT", "EFI System", "ONIE-BOOT", "NOS-ROOT"]
+    check = subprocess.run(["sgdisk", "-v", str(disk)], capture_output=True, text=True)
+    assert "No problems found" in check.stdout, check.stdout
+
+    # 3. The disk boots the NOS by default.
+    with Console.start(x86_command(*fw, *drive, "-nic", "none"), tmp_path / "nos.log") as console:
+        console.expect(r"TEST-NOS nos booted: ", 300)
+        assert console.proc.wait(120) == 0
+
+    # 4. The NOS's "ONIE" entry (what 50_onie_grub printed) opens the environment's menu,
+    #    whose default is install mode.
+    with Console.start(x86_command(*fw, *drive, "-nic", "none"), tmp_path / "onie.log") as console:
+        choose_grub_entry(console, 1)
+        console.expect(r"ONIE: Install OS", 60)
+        found = expect_environment(console, PLATFORM, 300)
+        assert found.group(2) == "install"
+    assert os.path.getsize(disk) == DISK_MIB << 20

@@ -241,7 +241,8 @@ def render_sizes(sizes: tuple[tuple[str, int], ...], width: int = 96) -> str:
     # No-break spaces keep each "name N kB" on one line.
     text = ", ".join(f"{name}\xa0{size / 1e3:.0f}\xa0kB" for name, size in sizes)
     return textwrap.fill(text, width, initial_indent="  compressed alone, by component: ",
-                         subsequent_indent="    ", break_on_hyphens=False).replace("\xa0", " ")
+                         subsequent_indent="    ", break_on_hyphens=False,
+                         break_long_words=False).replace("\xa0", " ")
 
 
 @click.command()

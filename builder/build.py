@@ -23,6 +23,7 @@ from builder.images.context import ImageContext
 from builder.initramfs import facts, transports
 from builder.initramfs.assemble import Context, make_tree
 from builder.initramfs.cpio import WrittenLayer, compress, layer_of, make_initramfs
+from builder.initramfs.sizes import ComponentSize, measure_components
 from builder.initramfs.tree import Kind, Tree
 from builder.initramfs.trust import describe_trust, load_trust
 from builder.recipe.formats import Compression
@@ -69,28 +70,33 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
     stamp = stamp_path(options.out_dir, recipe_files[-1])
     if (previous := find_previous(stamp, options, digest)) is not None:
         step(f"{platform}: up to date")
-        return BuildResult(platform, final, previous["outputs"], True, time.monotonic() - start)
+        return BuildResult(platform, final, previous["outputs"], True, time.monotonic() - start,
+                           recorded_sizes(previous))
     step(f"{platform}: assembling the initramfs tree")
     with facts.remember(cache.root / "derived" / "facts.json"):
         tree = make_tree(Context(recipe, resolution, options.source_date_epoch))
     staging = make_staging(options.out_dir, platform)
     try:
         outputs, layers = write_outputs(staging, recipe, resolution, tree, options, cache, step)
+        sizes = measure_sizes(recipe, tree, options, cache)
         if options.images:
             outputs.update(write_images(staging, recipe, resolution, tree, options, step))
-        manifest = render_manifest(recipe, recipe_files, resolution, tree, outputs, layers, options)
+        manifest = render_manifest(recipe, recipe_files, resolution, tree, outputs, layers, options,
+                                   sizes)
         write_atomic(staging / MANIFEST, manifest.encode())
         outputs[MANIFEST] = {"sha256": hashlib.sha256(manifest.encode()).hexdigest(),
                              "size": len(manifest.encode())}
         publish(staging, final)
         record = {"platform": platform, "epoch": options.source_date_epoch, "images": options.images,
                   "lock": str(options.lock_path.resolve()) if options.lock_path else None,
-                  "resolution": digest, "files": files, "outputs": outputs}
+                  "resolution": digest, "files": files, "outputs": outputs,
+                  "sizes": [[s.name, s.compressed] for s in sizes]}
         write_atomic(stamp, json.dumps(record, sort_keys=True).encode())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     step(f"{platform}: wrote {final}")
-    return BuildResult(platform, final, outputs, False, time.monotonic() - start)
+    return BuildResult(platform, final, outputs, False, time.monotonic() - start,
+                       tuple((s.name, s.compressed) for s in sizes))
 
 
 def make_staging(out_dir: Path, platform: str) -> Path:
@@ -118,6 +124,24 @@ def write_outputs(staging: Path, recipe: Recipe, resolution: Resolution, tree: T
     files = {name: {"sha256": sha256_file(staging / name), "size": (staging / name).stat().st_size}
              for name in (KERNEL, INITRAMFS)}
     return files, layers
+
+
+def measure_sizes(recipe: Recipe, tree: Tree, options: BuildOptions,
+                  cache: Cache) -> list[ComponentSize]:
+    """Each component's compressed size (builder.initramfs.sizes), through the layer cache."""
+    initramfs = recipe.initramfs
+
+    def squeeze(archive: bytes, x86: bool) -> bytes:
+        return compressed(archive, initramfs.compression, initramfs.compression_level, x86,
+                          cache=cache)
+
+    return measure_components(tree, options.source_date_epoch, squeeze,
+                              x86=recipe.platform.arch is Arch.X86_64, jobs=os.cpu_count() or 1)
+
+
+def recorded_sizes(record: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    """The component sizes a build record keeps (none in records from older builds)."""
+    return tuple((str(name), int(size)) for name, size in record.get("sizes", []))
 
 
 def write_images(staging: Path, recipe: Recipe, resolution: Resolution, tree: Tree,
@@ -208,8 +232,9 @@ def find_previous(stamp: Path, options: BuildOptions, digest: str) -> dict[str, 
 
 def render_manifest(recipe: Recipe, recipe_files: list[Path], resolution: Resolution,
                     tree: Tree, outputs: dict[str, dict[str, Any]], layers: list[WrittenLayer],
-                    options: BuildOptions) -> str:
-    """The manifest: outputs, components with source/version/sha256, and every initramfs file."""
+                    options: BuildOptions, sizes: list[ComponentSize]) -> str:
+    """The manifest: outputs, components with source/version/sha256, every initramfs file and
+    each component's compressed size."""
     components = [{"name": pin.name, "source": "debian", "version": pin.version,
                    "arch": pin.arch, "sha256": pin.sha256, "filename": pin.filename}
                   for pin in resolution.pins]
@@ -222,6 +247,7 @@ def render_manifest(recipe: Recipe, recipe_files: list[Path], resolution: Resolu
                  if e.kind is Kind.FILE and not e.secret else {}),
               **({"secret": True} if e.secret else {}),
               **({"target": e.target} if e.kind is Kind.SYMLINK else {}),
+              **({"component": tree.owners[e.path]} if e.path in tree.owners else {}),
               **({"rdev": list(e.rdev)} if e.kind in (Kind.CHAR, Kind.BLOCK) else {})}
              for e in tree.entries()]
     doc = {
@@ -237,7 +263,9 @@ def render_manifest(recipe: Recipe, recipe_files: list[Path], resolution: Resolu
         "initramfs": {"compression": recipe.initramfs.compression.value, "files": files,
                       "layers": [{"layer": w.layer.value, "offset": w.offset, "size": w.size,
                                   "sha256": w.sha256, "archive_sha256": w.archive_sha256,
-                                  "entries": w.entries} for w in layers]},
+                                  "entries": w.entries} for w in layers],
+                      "components": [{"name": s.name, "entries": s.entries, "bytes": s.bytes,
+                                      "compressed": s.compressed} for s in sizes]},
         "trust": describe_trust(load_trust(recipe.trust, options.source_date_epoch)),
     }
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"

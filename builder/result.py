@@ -16,3 +16,4 @@ class BuildResult:
     outputs: dict[str, dict[str, Any]]
     skipped: bool
     seconds: float
+    sizes: tuple[tuple[str, int], ...] = ()  # each component's compressed bytes (initramfs.sizes)

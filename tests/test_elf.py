@@ -107,6 +107,21 @@ def test_closure_of_ls(sysroot: list[Path]) -> None:
     assert ls is not None and ls.mode == 0o755 and ls.origin == "debian:coreutils"
 
 
+def test_dest_puts_a_binary_elsewhere(sysroot: list[Path]) -> None:
+    """A second BusyBox beside busybox-static's /bin/busybox: the component's ``dest``."""
+    tree = Tree()
+    tree.add_file("/bin/ls", data=b"another ls", origin="debian:other")
+    installed = install_elf_closure(tree, sysroot, ["/bin/ls"], origin,
+                                    {"/bin/ls": "/usr/lib/onie/ls"})
+    assert installed == sorted(["/usr/lib/onie/ls", *(p for p in LS_CLOSURE if p != "/bin/ls")])
+    moved, kept = tree.get("/usr/lib/onie/ls"), tree.get("/bin/ls")
+    assert moved is not None and moved.source == sysroot[0] / "bin/ls" and moved.mode == 0o755
+    assert kept is not None and kept.data == b"another ls"
+    link(sysroot[0] / "bin/dir", "ls")
+    with pytest.raises(BuildError, match="/bin/dir: 'dest' needs a regular file"):
+        install_elf_closure(Tree(), sysroot, ["/bin/dir"], origin, {"/bin/dir": "/x/dir"})
+
+
 def test_closure_is_deterministic(sysroot: list[Path]) -> None:
     first, second = Tree(), Tree()
     install_elf_closure(first, sysroot, ["/bin/ls", "/bin/ls"], origin)

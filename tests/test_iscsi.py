@@ -16,7 +16,7 @@ from builder.initramfs.transports import (
     render_chap,
     template_values,
 )
-from builder.recipe.implied import implied_components, implied_modules
+from builder.recipe.implied import UEFI_MODULE, implied_components, implied_modules
 from builder.recipe.load import load_recipe
 from builder.recipe.model import Method, Recipe
 from builder.render import make_environment, render_template
@@ -36,7 +36,7 @@ def test_iscsi_is_off_by_default_and_adds_nothing() -> None:
     assert not recipe.transports.iscsi.enabled
     assert Method.ISCSI in recipe.discovery.methods  # present, so an offered root path is logged
     assert [c.debian for c in implied_components(recipe)] == []
-    assert implied_modules(recipe) == []
+    assert implied_modules(recipe) == [UEFI_MODULE]  # the installer toolset's, none of iSCSI's
 
 
 def test_enabled_iscsi_brings_its_tools_and_modules(tmp_path: Path) -> None:

@@ -91,7 +91,7 @@ BAD = [
      "      dest: /x\n", 4, "initramfs.components[0].sha256: expected 64 lower-case hex digits, "
      "got 'abc'"),
     ("initramfs:\n  components:\n    - debian: ethtool\n", 3,
-     "initramfs.components[0]: a package component needs 'binaries' or 'files' to install"),
+     "initramfs.components[0]: a package component needs 'binaries', 'files' or 'grub' to install"),
     ("initramfs:\n  components:\n    - path: tool\n", 3,
      "initramfs.components[0]: a single-file component needs 'dest'"),
     ("initramfs:\n  components:\n    - debian: ethtool\n      binaries: [usr/sbin/ethtool]\n", 4,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import click
@@ -162,7 +163,8 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
     fresh = [None if force else find_fresh(out_dir, p, e, lock_path, not no_images)
              for p, e in zip(paths, epochs, strict=True)]
     if all(fresh):
-        report([BuildResult(r["platform"], out_dir / r["platform"], r["outputs"], True, 0.0)
+        report([BuildResult(r["platform"], out_dir / r["platform"], r["outputs"], True, 0.0,
+                            tuple((str(n), int(s)) for n, s in r.get("sizes", [])))
                 for r in fresh if r], as_json)
         return
     from builder.build import BuildOptions, build_platform
@@ -222,13 +224,25 @@ def report(results: list[BuildResult], as_json: bool) -> None:
     """Print one line per platform, or the JSON summary."""
     if as_json:
         click.echo(json.dumps([{"platform": r.platform, "out": str(r.out), "skipped": r.skipped,
-                                "seconds": round(r.seconds, 3), "outputs": r.outputs}
+                                "seconds": round(r.seconds, 3), "outputs": r.outputs,
+                                "components": [{"name": n, "compressed": s} for n, s in r.sizes]}
                                for r in results], indent=2))
     else:
         for r in results:
             size = r.outputs.get("initrd.img", {}).get("size", 0)
             state = "up to date" if r.skipped else f"built in {r.seconds:.1f} s"
             click.echo(f"{r.platform}: {state}, initramfs {size / 1e6:.2f} MB -> {r.out}")
+            if r.sizes:
+                click.echo(render_sizes(r.sizes))
+
+
+def render_sizes(sizes: tuple[tuple[str, int], ...], width: int = 96) -> str:
+    """Each component's compressed size, folded into indented lines (docs/formats.md, Sizes)."""
+    # No-break spaces keep each "name N kB" on one line.
+    text = ", ".join(f"{name}\xa0{size / 1e3:.0f}\xa0kB" for name, size in sizes)
+    return textwrap.fill(text, width, initial_indent="  compressed alone, by component: ",
+                         subsequent_indent="    ", break_on_hyphens=False,
+                         break_long_words=False).replace("\xa0", " ")
 
 
 @click.command()

@@ -18,8 +18,9 @@ from builder.components.deb import unpack_deb
 from builder.components.lock import Lock, Pin, PlatformLock
 from builder.components.mirror import AptSource, find_host_sources, parse_mirror_option
 from builder.errors import BuildError
+from builder.recipe.component import Component, Source
 from builder.recipe.implied import implied_components
-from builder.recipe.model import Component, Recipe, Source
+from builder.recipe.model import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,10 @@ class Package:
 
 @dataclass(frozen=True)
 class ResolvedComponent:
-    """A recipe component with its content on disk."""
+    """A recipe component with its content on disk; ``name`` is its toolset name, or its
+    source key for an ``initramfs.components`` entry."""
 
+    name: str
     component: Component
     key: str
     packages: tuple[Package, ...]
@@ -135,9 +138,10 @@ class Resolver:
         """Resolve the kernel and every initramfs component."""
         out_lock = PlatformLock()
         kernel = self._resolve_kernel(out_lock)
-        components = tuple(self._resolve_component(c, out_lock)
-                           for c in (*self.recipe.initramfs.components,
-                                     *implied_components(self.recipe)))
+        initramfs = self.recipe.initramfs
+        named = [*((source_key(c), c) for c in initramfs.components), *initramfs.tools,
+                 *((source_key(c), c) for c in implied_components(self.recipe))]
+        components = tuple(self._resolve_component(name, c, out_lock) for name, c in named)
         pins = tuple(sorted(self._pins.values(), key=lambda p: p.name))
         return Resolution(kernel, components, out_lock, pins)
 
@@ -184,7 +188,8 @@ class Resolver:
         names = ", ".join(p.pin.name for p in packages)
         raise BuildError(f"kernel package {names} holds no boot/vmlinuz-*")
 
-    def _resolve_component(self, component: Component, out_lock: PlatformLock) -> ResolvedComponent:
+    def _resolve_component(self, name: str, component: Component,
+                           out_lock: PlatformLock) -> ResolvedComponent:
         key = source_key(component)
         if component.debian is not None:
             if self.platform_lock is not None:
@@ -201,12 +206,12 @@ class Resolver:
                 closure = [wanted, *[p for p in closure if p.name != wanted.name]]
                 packages = tuple(self._package(p.name, p) for p in closure)
             out_lock.components[key] = [p.pin.name for p in packages]
-            return ResolvedComponent(component, key, packages, None, packages[0].pin.sha256)
+            return ResolvedComponent(name, component, key, packages, None, packages[0].pin.sha256)
         if component.is_package:
             package = self._local_package(component)
-            return ResolvedComponent(component, key, (package,), None, package.pin.sha256)
+            return ResolvedComponent(name, component, key, (package,), None, package.pin.sha256)
         sha256, path = self._single_file(component)
-        return ResolvedComponent(component, key, (), path, sha256)
+        return ResolvedComponent(name, component, key, (), path, sha256)
 
     def _package(self, name: str, found: DebPackage | None) -> Package:
         """Fetch and unpack one Debian package, pinned by the lock or by the archive's index."""

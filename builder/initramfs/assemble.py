@@ -13,7 +13,9 @@ from builder import __version__
 from builder.components.resolve import Resolution, ResolvedComponent
 from builder.errors import BuildError
 from builder.initramfs import discovery, eeprom, transports, trust
+from builder.initramfs.applets import find_shadowed, find_shell_busybox
 from builder.initramfs.elf import install_elf_closure, parse_elf
+from builder.initramfs.grubdir import install_grub_folder
 from builder.initramfs.kmod import Module, find_module_closure, index_modules, install_modules, make_load_plan
 from builder.initramfs.tree import Kind, Tree
 from builder.recipe.implied import implied_modules
@@ -58,6 +60,10 @@ TEMPLATES = (
     ("guest/commands/boot-mode.sh.j2", "/bin/onie-boot-mode", 0o755),
     ("guest/commands/nos-mode.sh.j2", "/bin/onie-nos-mode", 0o755),
 )
+# (template, path, mode, platform key): rendered only when the recipe sets that key.
+PLATFORM_TEMPLATES = (
+    ("guest/etc/fw_env.config.j2", "/etc/fw_env.config", 0o644, "uboot_env"),  # fw_printenv
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,9 @@ class Context:
             "modules": self.recipe.kernel.modules,
             # /init loads them by need (kmod.make_load_plan, docs/discovery.md "Boot timing").
             "module_load": make_load_plan(self.recipe.kernel.modules, self.modules),
+            # BusyBox applet links (builder.initramfs.applets); install_templates reads the tree.
+            "shell_busybox": None,
+            "shadowed_applets": [],
             **discovery.template_values(self.recipe, self.resolution.kernel.release, __version__),
             **trust.template_values(self.recipe, self.source_date_epoch),
             **transports.template_values(self.recipe, self.source_date_epoch),
@@ -96,7 +105,10 @@ def make_tree(context: Context) -> Tree:
     tree = Tree()
     install_skeleton(tree)
     for component in context.resolution.components:
+        before = tree.paths()
         install_component(tree, component, context.recipe)
+        for path in tree.paths() - before:
+            tree.owners[path] = component.name
     context = dataclasses.replace(context, modules=install_kernel_modules(tree, context))
     install_templates(tree, context)
     trust.install_trust(tree, trust.load_trust(context.recipe.trust, context.source_date_epoch))
@@ -119,22 +131,36 @@ def install_skeleton(tree: Tree) -> None:
 
 
 def install_component(tree: Tree, resolved: ResolvedComponent, recipe: Recipe) -> None:
-    """Put a component's files in the tree; ELF binaries bring their library closure."""
+    """Put a component's files in the tree (ELF binaries bring their library closure), then
+    its links."""
     component = resolved.component
     if resolved.file is not None:
         assert component.dest is not None
         tree.add_file(component.dest, source=resolved.file, mode=component.mode,
                       origin=resolved.origin)
-        return
+        origin = resolved.origin
+    else:
+        origin = install_package_files(tree, resolved, recipe)
+    for link, target in component.links.items():
+        tree.add_symlink(link, target, origin=origin)
+
+
+def install_package_files(tree: Tree, resolved: ResolvedComponent, recipe: Recipe) -> str:
+    """A package component's files, GRUB folder and binaries; returns the main package's origin."""
+    component = resolved.component
     roots = [p.root for p in resolved.packages]
     origins = {p.root: p.origin for p in resolved.packages}
     main = resolved.packages[0]
     for path in component.files:
         _install_package_file(tree, main.root, path, main.origin)
+    if component.grub is not None:
+        install_grub_folder(tree, main.root, component.grub, main.origin)
     if component.binaries:
+        dests = {component.binaries[0]: component.dest} if component.dest else {}
         installed = install_elf_closure(tree, roots, component.binaries,
-                                        lambda root: origins.get(root, "debian"))
+                                        lambda root: origins.get(root, "debian"), dests)
         check_machine(tree, installed, recipe)
+    return main.origin
 
 
 def _install_package_file(tree: Tree, root: Path, path: str, origin: str) -> None:
@@ -180,10 +206,15 @@ def install_kernel_modules(tree: Tree, context: Context) -> tuple[Module, ...]:
 def install_templates(tree: Tree, context: Context) -> None:
     """Render /init, /etc/machine.conf and the other templates into the tree."""
     env = make_environment(context.recipe.templates)
-    values = context.template_values()
-    names = [name for name, _, _ in TEMPLATES]
+    shell = find_shell_busybox(tree)
+    values = {**context.template_values(), "shell_busybox": shell,
+              "shadowed_applets": find_shadowed(tree, tree.owners) if shell else []}
+    platform = context.recipe.platform
+    wanted = [*TEMPLATES, *((name, dest, mode) for name, dest, mode, key in PLATFORM_TEMPLATES
+                            if getattr(platform, key) is not None)]
+    names = [name for name, _, _ in wanted]
     files = template_sources(env, names)
-    for name, dest, mode in TEMPLATES:
+    for name, dest, mode in wanted:
         text = render_template(env, name, values)
         tree.add_file(dest, data=text.encode(), mode=mode,
                       origin=f"template:{_template_origin(files[name], context.recipe)}")

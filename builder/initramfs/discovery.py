@@ -43,6 +43,8 @@ PATHS = {
     "machine_conf": "/etc/machine.conf",
     "cmdline": "/proc/cmdline",
     "modules": "/run/onie/modules",  # /init marks each module group done here (guest/init.j2)
+    "console_shell": "/run/onie/console.shell",  # the PID of /init's console shell
+    "console_held": "/run/onie/console.held",  # an installer has the console: no shell starts
     "resolv": "/etc/resolv.conf",
     "console": "/dev/console",  # where a discovery started by onie-discovery-start writes
 }

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import os
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,17 +319,20 @@ class Closure:
 
 
 def install_elf_closure(tree: Tree, roots: list[Path], binaries: list[str],
-                        origin_of: Callable[[Path], str]) -> list[str]:
+                        origin_of: Callable[[Path], str],
+                        dests: Mapping[str, str] | None = None) -> list[str]:
     """Install ``binaries`` from the unpacked packages in ``roots`` with their interpreter and
-    every library they need; return the sorted in-tree paths installed."""
+    every library they need; return the sorted in-tree paths installed. ``dests`` puts a
+    binary (a regular file, not a link) at another path, e.g. a second BusyBox beside one."""
     closure = Closure(Sysroot(roots))
     for binary in binaries:
         closure.add_binary(binary)
+    renamed = {_regular_file(closure, binary): dest for binary, dest in (dests or {}).items()}
     for path in sorted(closure.files):
         found = closure.files[path]
-        tree.add_file(path, source=found.host, mode=found.host.stat().st_mode,
+        tree.add_file(renamed.get(path, path), source=found.host, mode=found.host.stat().st_mode,
                       origin=origin_of(found.root))
-    installed = set(closure.files)
+    installed = {renamed.get(path, path) for path in closure.files}
     for path in sorted(closure.links):
         link, existing = closure.links[path], tree.get(path)
         if link.is_dir and existing is not None and existing.kind is Kind.DIR:
@@ -338,3 +341,11 @@ def install_elf_closure(tree: Tree, roots: list[Path], binaries: list[str],
         installed.add(path)
     log.debug("ELF closure of %s: %d files", ", ".join(binaries), len(installed))
     return sorted(installed)
+
+
+def _regular_file(closure: Closure, binary: str) -> str:
+    found = closure.sysroot.lookup(binary)
+    if found is None or found.links:
+        raise BuildError(f"{binary}: 'dest' needs a regular file, and {binary} is a link",
+                         hint="name the file the link points at")
+    return found.path

@@ -70,6 +70,12 @@ class Tree:
 
     def __init__(self) -> None:
         self._entries: dict[str, Entry] = {"/": Entry("/", Kind.DIR, 0o755, "builtin")}
+        # The recipe component that first put each path here, by its name (assemble.make_tree).
+        self.owners: dict[str, str] = {}
+
+    def paths(self) -> set[str]:
+        """Every path in the tree."""
+        return set(self._entries)
 
     def __contains__(self, path: str) -> bool:
         return normalize(path) in self._entries

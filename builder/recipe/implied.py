@@ -6,13 +6,17 @@ Derived from the recipe alone, so components never reach up into the initramfs s
 
 from __future__ import annotations
 
-from builder.recipe.model import Component, Recipe
+from builder.recipe.component import Component
+from builder.recipe.model import Arch, Recipe
 
 # LAB.md: iscsi_tcp fails with "iferror -12" unless crc32c_generic is loaded first; sd_mod
 # brings the LUN's disk, ext4 (which mounts ext2/3) and vfat its filesystems.
 ISCSI_MODULES = ("crc32c_generic", "iscsi_tcp", "sd_mod", "ext4", "vfat")
 ISCSI_BINARIES = ("/sbin/iscsistart",)
 ISNS_BINARIES = ("/usr/sbin/isnsadm",)
+# UEFI installers (efibootmgr, efivar; docs/onie-contract.md F9) need efivarfs, a module in
+# Debian's kernels: /init mounts it when booted by UEFI and the kernel loads it for that mount.
+UEFI_MODULE = "efivarfs"
 
 
 def implied_components(recipe: Recipe) -> list[Component]:
@@ -25,13 +29,16 @@ def implied_components(recipe: Recipe) -> list[Component]:
         wanted.append(("open-isns-utils", ISNS_BINARIES))
     if recipe.transports.ipv6.enabled and recipe.transports.ipv6.dhcpv6:
         wanted.append(("dhcpcd-base", ("/usr/sbin/dhcpcd",)))
-    have = {b for c in recipe.initramfs.components for b in c.binaries}
+    have = {b for c in (*recipe.initramfs.components, *(c for _, c in recipe.initramfs.tools))
+            for b in c.binaries}
     return [Component(debian=name, binaries=[b for b in binaries if b not in have])
             for name, binaries in wanted if not set(binaries) <= have]
 
 
 def implied_modules(recipe: Recipe) -> list[str]:
-    """Kernel modules the enabled transports need, in the order they are loaded."""
-    if not recipe.transports.iscsi.enabled:
-        return []
-    return [m for m in ISCSI_MODULES if m not in recipe.kernel.modules]
+    """Kernel modules the enabled transports and the installer toolset need (iSCSI's in the
+    order they are loaded); /init loads none of them by itself."""
+    wanted = list(ISCSI_MODULES) if recipe.transports.iscsi.enabled else []
+    if recipe.platform.arch is Arch.X86_64 and recipe.initramfs.tools:
+        wanted.append(UEFI_MODULE)
+    return [m for m in dict.fromkeys(wanted) if m not in recipe.kernel.modules]

@@ -67,3 +67,9 @@ def _resolve_paths(data: dict[str, Any], merged: Merged) -> None:
             if isinstance(entry, dict) and "path" in entry:
                 where = (section, "components", i, "path") if listed else (section, "path")
                 entry["path"] = resolve(entry["path"], where)
+    initramfs = data.get("initramfs")
+    tools = initramfs.get("toolset") if isinstance(initramfs, dict) else None
+    if isinstance(tools, dict):
+        for name, entry in tools.items():
+            if isinstance(entry, dict) and "path" in entry:
+                entry["path"] = resolve(entry["path"], ("initramfs", "toolset", name, "path"))

@@ -20,7 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-from builder.recipe.base import SHA256_RE, Hex64, Model
+from builder.recipe.base import Hex64, Model
+from builder.recipe.component import Component, Source
 from builder.recipe.eeprom import Eeprom
 from builder.recipe.formats import Compression, ImageFormat
 from builder.recipe.transports import Transports
@@ -68,6 +69,16 @@ class Console(Model):
         return v
 
 
+class UbootEnv(Model):
+    """Where u-boot keeps its environment: one line of ``/etc/fw_env.config`` for
+    ``fw_printenv``/``fw_setenv`` (device, byte offset, size, erase-block size)."""
+
+    device: Annotated[str, Field(pattern=r"^/dev/[A-Za-z0-9_.:/-]+$")]
+    offset: Annotated[int, Field(ge=0, le=2**64 - 1)] = 0
+    size: Annotated[int, Field(ge=1, le=2**32 - 1)]
+    sector: Annotated[int, Field(ge=1, le=2**32 - 1)] | None = None  # erase size; none for a file or eMMC
+
+
 class Platform(Model):
     """A platform's identity, named by ONIE's rules (machine is ``<vendor>_<model>``)."""
 
@@ -80,6 +91,7 @@ class Platform(Model):
     console: Console = Console()
     description: str = ""
     eeprom: Eeprom = Eeprom()  # the ONIE TlvInfo EEPROM (builder/recipe/eeprom.py)
+    uboot_env: UbootEnv | None = None  # u-boot machines: renders /etc/fw_env.config
 
     @field_validator("vendor")
     @classmethod
@@ -108,71 +120,6 @@ class Platform(Model):
         return f"{self.arch.value}-{self.machine}-r{self.machine_rev}"
 
 
-class Source(Model):
-    """Where a component comes from: a Debian package, a URL pinned by sha256, or a local file."""
-
-    debian: str | None = None
-    version: str | None = None
-    url: str | None = None
-    sha256: str | None = None
-    path: Path | None = None
-
-    @field_validator("sha256")
-    @classmethod
-    def _sha256(cls, v: str | None) -> str | None:
-        if v is not None and not SHA256_RE.match(v):
-            raise ValueError(f"expected 64 lower-case hex digits, got {v!r}")
-        return v
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Self:
-        given = [k for k in ("debian", "url", "path") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("expected exactly one of 'debian', 'url' or 'path'"
-                             + (f", got {' and '.join(given)}" if given else ""))
-        if self.url is not None and self.sha256 is None:
-            raise ValueError("a 'url' source needs 'sha256' to pin its content")
-        if self.url is not None and not self.url.startswith(("https://", "http://")):
-            raise ValueError(f"url: expected an http(s) URL, got {self.url!r}")
-        if self.version is not None and self.debian is None:
-            raise ValueError("'version' applies only to a 'debian' source")
-        return self
-
-    @property
-    def is_package(self) -> bool:
-        """True when the source is a .deb (from Debian, a URL or a local file)."""
-        if self.debian is not None:
-            return True
-        name = self.url if self.url is not None else str(self.path)
-        return name.endswith(".deb")
-
-
-def _in_tree(v: str) -> str:
-    if not v.startswith("/") or ".." in v.split("/"):
-        raise ValueError(f"expected an absolute path inside the image, got {v!r}")
-    return v
-
-
-InTreePath = Annotated[str, AfterValidator(_in_tree)]
-
-
-class Component(Source):
-    """Files for the initramfs: ELF ``binaries`` (with their libraries) or plain ``files``."""
-
-    binaries: list[InTreePath] = []
-    files: list[InTreePath] = []
-    dest: InTreePath | None = None
-    mode: Annotated[int, Field(ge=0, le=0o7777)] = 0o644
-
-    @model_validator(mode="after")
-    def _what_to_install(self) -> Self:
-        if self.is_package and not (self.binaries or self.files):
-            raise ValueError("a package component needs 'binaries' or 'files' to install")
-        if not self.is_package and self.dest is None:
-            raise ValueError("a single-file component needs 'dest'")
-        return self
-
-
 class Kernel(Source):
     """The kernel: a Debian kernel package (or metapackage), the modules wanted, the command line."""
 
@@ -195,7 +142,18 @@ class Initramfs(Model):
     compression: Compression = Compression.XZ
     compression_level: int | None = None
     components: list[Component] = []
+    # The installer toolset (docs/onie-contract.md, T1-T14), by name so that a vendor recipe
+    # adds a tool with a new name and drops one by setting its name to null.
+    toolset: dict[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.+-]*$")], Component | None] = {}
+    discovery_only: bool = False  # true: leave the toolset out (an image that only discovers)
     overlays: list[Path] = []
+
+    @property
+    def tools(self) -> list[tuple[str, Component]]:
+        """The toolset's components by name, in recipe order; none in a discovery-only image."""
+        if self.discovery_only:
+            return []
+        return [(name, c) for name, c in self.toolset.items() if c is not None]
 
 
 class DebianArchive(Model):

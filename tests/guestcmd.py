@@ -60,7 +60,9 @@ class Guest:
                         "cmdline": str(self.cmdline), "machine_conf": str(self.machine_conf),
                         "script": str(self.bin / "onie-discovery"),
                         "console": str(self.root / "console"),
-                        "modules": str(self.run_dir / "modules")}
+                        "modules": str(self.run_dir / "modules"),
+                        "console_shell": str(self.run_dir / "console.shell"),
+                        "console_held": str(self.run_dir / "console.held")}
         out.update(onie_boot=str(self.onie_boot), proc_mounts=str(self.mounts), **self.extra)
         return out
 

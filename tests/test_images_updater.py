@@ -77,14 +77,14 @@ def test_updater_script_and_payload(built: Callable[[str], Path], tmp_path: Path
         assert titles == [("ONIE: Install OS", "install"), ("ONIE: Rescue", "rescue"),
                           ("ONIE: Uninstall OS", "uninstall"), ("ONIE: Update ONIE", "update"),
                           ("ONIE: Embed ONIE", "embed")]
-        assert 'load_env -f "$prefix/grubenv"' in menu
+        assert 'set onie_env="($root)/grub/grubenv"' in menu and 'load_env -f "$onie_env"' in menu
         # 50_onie_grub prints the entry a NOS appends to its grub.cfg: titled exactly ONIE.
         grub_d = tmp_path / "50_onie_grub"
         grub_d.write_bytes(files["onie-boot/onie/grub.d/50_onie_grub"])
         printed = subprocess.run(["sh", str(grub_d)], capture_output=True, text=True, check=True).stdout
         assert printed.startswith("menuentry ONIE {\n")
         assert "search --no-floppy --label --set=root ONIE-BOOT" in printed
-        assert "configfile $prefix/grub.cfg" in printed
+        assert "configfile ($root)/grub/grub.cfg" in printed and "prefix" not in printed
         with tarfile.open(fileobj=io.BytesIO(gzip.decompress(
                 updater.read_bytes()[len(script.encode()):]))) as tar:
             modes = {m.name: m.mode for m in tar.getmembers()}

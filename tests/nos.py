@@ -42,10 +42,18 @@ disk_name=$(basename "$(readlink -f "/sys/class/block/${{boot_dev#/dev/}}/..")")
 disk=/dev/$disk_name
 say "ONIE-BOOT is $boot_dev on $disk"
 
-# 3. A partition after the last one, ext4.
-last=$(sgdisk -p "$disk" | awk '/^ +[0-9]+ / {{ n = $1 }} END {{ print n }}')
-part=$((last + 1))
-sgdisk --new=$part::+64M --change-name=$part:NOS-ROOT --typecode=$part:8300 "$disk" > /dev/null
+# 3. A partition after the last one, ext4: sgdisk on GPT, parted on msdos (as ONIE's demo).
+table=$(onie-sysinfo -t)
+if [ "$table" = msdos ]; then
+    table_now=$(parted -s -m "$disk" unit s print)
+    part=$(( $(echo "$table_now" | grep -c '^[0-9][0-9]*:') + 1 ))
+    last_end=$(echo "$table_now" | awk -F: '/^[0-9]+:/ {{ e = $3 }} END {{ sub("s", "", e); print e }}')
+    parted -s "$disk" unit s mkpart primary ext4 $((last_end + 1))s $((last_end + 131072))s
+else
+    last=$(sgdisk -p "$disk" | awk '/^ +[0-9]+ / {{ n = $1 }} END {{ print n }}')
+    part=$((last + 1))
+    sgdisk --new=$part::+64M --change-name=$part:NOS-ROOT --typecode=$part:8300 "$disk" > /dev/null
+fi
 partprobe "$disk"
 nos_dev=
 for q in /sys/class/block/"$disk_name"/"$disk_name"*; do
@@ -58,7 +66,7 @@ mount -t ext4 "$nos_dev" /mnt/nos
 mkdir -p /mnt/nos/nos /mnt/nos/boot
 cp "$here/nos-vmlinuz" /mnt/nos/nos/vmlinuz
 cp "$here/nos-initrd" /mnt/nos/nos/initrd.img
-say "partition $part ($nos_dev) ready"
+say "partition $part ($nos_dev) ready on $table"
 
 # 4. GRUB: BIOS into the MBR and GRUB-BOOT, UEFI onto the ESP's removable path.
 if [ -d /sys/firmware/efi ]; then

@@ -59,6 +59,10 @@ BAD = [
      "images.grub_timeout: expected a number >= 0, got -1"),
     ("x86_64", "images:\n  boot_size_mib: 8\n", 2,
      "images.boot_size_mib: expected a number >= 16, got 8"),
+    ("arm64", "images:\n  partition_type: msdos\n", 1,
+     "images: partition_type: 'msdos' is for x86_64 (BIOS) platforms; arm64 uses 'gpt'"),
+    ("x86_64", "images:\n  partition_type: mbr\n", 2,
+     "images.partition_type: expected one of 'gpt' or 'msdos', got 'mbr'"),
     ("x86_64", "images:\n  fromats: [iso]\n", 2,
      "images.fromats: unknown key; did you mean 'formats'?"),
 ]
@@ -73,3 +77,11 @@ def test_bad_images_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ar
     with pytest.raises(RecipeError) as info:
         load_recipe(tmp_path / "bad.yaml")
     assert info.value.problems == [f"bad.yaml:{line + 1}: {message}"]
+
+
+def test_partition_type_defaults_to_gpt_and_takes_msdos(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text(GOOD.format(arch="x86_64") + "images:\n  partition_type: msdos\n")
+    recipe, _ = load_recipe(tmp_path / "r.yaml")
+    assert recipe.images.partition_type.value == "msdos"
+    x86, _ = load_recipe(ROOT / "recipes" / "platforms" / "qemu_x86_64.yaml")
+    assert x86.images.partition_type.value == "gpt"

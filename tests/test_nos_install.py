@@ -15,8 +15,9 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,7 @@ from tests.nos import nos_installer
 
 pytestmark = [pytest.mark.lab, pytest.mark.network]
 
-RECIPE = Path(__file__).resolve().parent / "recipes" / "lab_x86_64.yaml"
+RECIPES = Path(__file__).resolve().parent / "recipes"
 PLATFORM = "x86_64-qemu_x86_64-r0"
 ISO = f"onie-recovery-{PLATFORM}.iso"
 DISK_MIB = 1024
@@ -45,11 +46,20 @@ SECTORS = DISK_MIB * 2048
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]) -> Path:
+def images(tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]) -> Callable[[str], Path]:
+    """Each partition table's lab image, built once: lab_x86_64 (gpt), msdos_x86_64."""
     require_tool("xorriso", "to build ISO images")
-    out = tmp_path_factory.mktemp("nos-out")
-    proc = run_cli("build", str(RECIPE), "--out", str(out), "--json", "--no-lock", env=cache_env)
-    return Path(json.loads(proc.stdout)[0]["out"])
+    built: dict[str, Path] = {}
+
+    def build(table: str) -> Path:
+        if table not in built:
+            recipe = RECIPES / ("lab_x86_64.yaml" if table == "gpt" else "msdos_x86_64.yaml")
+            out = tmp_path_factory.mktemp(f"nos-out-{table}")
+            proc = run_cli("build", str(recipe), "--out", str(out), "--json", "--no-lock", env=cache_env)
+            built[table] = Path(json.loads(proc.stdout)[0]["out"])
+        return built[table]
+
+    return build
 
 
 @pytest.fixture
@@ -60,10 +70,13 @@ def namespace() -> Iterator[NetNamespace]:
         yield ns
 
 
+def partition_table(disk: Path) -> dict[str, Any]:
+    return json.loads(subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True,  # type: ignore[no-any-return]
+                                     check=True, text=True).stdout)["partitiontable"]
+
+
 def partitions(disk: Path) -> dict[str, dict[str, object]]:
-    table = json.loads(subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True,
-                                      check=True, text=True).stdout)["partitiontable"]
-    return {p["name"]: p for p in table["partitions"]}
+    return {p["name"]: p for p in partition_table(disk)["partitions"]}
 
 
 def backup_gpt_lba(disk: Path) -> int:
@@ -79,16 +92,21 @@ def firmware_args(firmware: str, tmp: Path) -> list[str]:
     return ovmf_args(tmp) if firmware == "uefi" else []
 
 
-@pytest.mark.parametrize("firmware", ["bios", "uefi"])
-def test_nos_installer_installs_and_both_boot(image: Path, namespace: NetNamespace, tmp_path: Path,
-                                              firmware: str) -> None:
+@pytest.mark.parametrize(("firmware", "table"), [("bios", "gpt"), ("uefi", "gpt"), ("bios", "msdos")])
+def test_nos_installer_installs_and_both_boot(images: Callable[[str], Path], namespace: NetNamespace,
+                                              tmp_path: Path, firmware: str, table: str) -> None:
     require_tool("sgdisk", "to check the disk's GPT (Debian package gdisk)")
     require_tool("debugfs", "to read the disk's ONIE-BOOT (Debian package e2fsprogs)")
+    image = images(table)
     disk = tmp_path / "disk.img"
     with disk.open("wb") as f:
         f.truncate(DISK_MIB << 20)
     fw = firmware_args(firmware, tmp_path)
     drive = ["-drive", f"file={disk},format=raw,if=virtio"]
+    # Booting the disk: bootindex puts it first (with a NIC, OVMF's own order tries its shell
+    # before a virtio disk).
+    disk_boot = ["-drive", f"file={disk},format=raw,if=none,id=d0",
+                 "-device", "virtio-blk-pci,drive=d0,bootindex=1"]
 
     # 1. The ISO's embed entry lays the environment out on the blank disk.
     argv = x86_command(*fw, "-cdrom", str(image / ISO), *drive, "-nic", "none", "-boot", "d")
@@ -97,10 +115,17 @@ def test_nos_installer_installs_and_both_boot(image: Path, namespace: NetNamespa
         console.expect(f"onie-updater: done: ONIE 2026\\.11 for {PLATFORM} is on /dev/vda", 300)
         console.expect(r"onie-embed: done, poweroff", 60)
         assert console.proc.wait(60) == 0
-    parts = partitions(disk)
-    assert list(parts) == ["GRUB-BOOT", "EFI System", "ONIE-BOOT"]
-    assert backup_gpt_lba(disk) == SECTORS - 1  # moved to the end of the disk
-    start, size = partition_bytes(parts["ONIE-BOOT"])
+    if table == "gpt":
+        parts = partitions(disk)
+        assert list(parts) == ["GRUB-BOOT", "EFI System", "ONIE-BOOT"]
+        assert backup_gpt_lba(disk) == SECTORS - 1  # moved to the end of the disk
+        boot = parts["ONIE-BOOT"]
+    else:  # ONIE's msdos layout: ONIE-BOOT is the bootable primary partition 1
+        layout = partition_table(disk)
+        assert layout["label"] == "dos"
+        [boot] = layout["partitions"]
+        assert (boot["start"], boot["type"], boot.get("bootable")) == (2048, "83", True)
+    start, size = partition_bytes(boot)
     assert ext4_read(disk, start, size, "/onie/version") == f"{PLATFORM} 2026.11\n".encode()
     assert ext4_read(disk, start, size, "/onie/vmlinuz") == (image / "vmlinuz").read_bytes()
     assert ext4_read(disk, start, size, "/grub/grubenv").startswith(b"# GRUB Environment Block\n")
@@ -120,30 +145,34 @@ def test_nos_installer_installs_and_both_boot(image: Path, namespace: NetNamespa
             options=[f"114,{web.url('nos-installer.bin')}"]).start()
     nic = ["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
            "-device", "virtio-net-pci,netdev=n0,romfile="]
-    argv = x86_command(*fw, *drive, *nic)
+    argv = x86_command(*fw, *disk_boot, *nic)
     with Console.start(argv, tmp_path / "install.log", netns=namespace.name) as console:
         found = expect_environment(console, PLATFORM, 300)
         assert found.group(2) == "install"
         uefi = "uefi" if firmware == "uefi" else "bios"
         console.expect(f"NOS-INSTALLER nos: platform {PLATFORM} firmware {uefi}", 240)
-        console.expect(r"NOS-INSTALLER nos: ONIE-BOOT is /dev/vda3 on /dev/vda", 30)
-        console.expect(r"NOS-INSTALLER nos: partition 4 \(/dev/vda4\) ready", 120)
+        nos_part = 4 if table == "gpt" else 2
+        console.expect(f"NOS-INSTALLER nos: ONIE-BOOT is /dev/vda{nos_part - 1} on /dev/vda", 30)
+        console.expect(f"NOS-INSTALLER nos: partition {nos_part} \\(/dev/vda{nos_part}\\) ready on {table}",
+                       120)
         console.expect(r"NOS-INSTALLER nos: installed", 240)
         console.expect(r"reboot: Power down", 120)
         assert console.proc.wait(60) == 0
-    parts = partitions(disk)
-    assert list(parts) == ["GRUB-BOOT", "EFI System", "ONIE-BOOT", "NOS-ROOT"]
-    check = subprocess.run(["sgdisk", "-v", str(disk)], capture_output=True, text=True)
-    assert "No problems found" in check.stdout, check.stdout
+    if table == "gpt":
+        assert list(partitions(disk)) == ["GRUB-BOOT", "EFI System", "ONIE-BOOT", "NOS-ROOT"]
+        check = subprocess.run(["sgdisk", "-v", str(disk)], capture_output=True, text=True)
+        assert "No problems found" in check.stdout, check.stdout
+    else:
+        assert [p["type"] for p in partition_table(disk)["partitions"]] == ["83", "83"]
 
     # 3. The disk boots the NOS by default.
-    with Console.start(x86_command(*fw, *drive, "-nic", "none"), tmp_path / "nos.log") as console:
+    with Console.start(x86_command(*fw, *disk_boot, "-nic", "none"), tmp_path / "nos.log") as console:
         console.expect(r"TEST-NOS nos booted: ", 300)
         assert console.proc.wait(120) == 0
 
     # 4. The NOS's "ONIE" entry (what 50_onie_grub printed) opens the environment's menu,
     #    whose default is install mode.
-    with Console.start(x86_command(*fw, *drive, "-nic", "none"), tmp_path / "onie.log") as console:
+    with Console.start(x86_command(*fw, *disk_boot, "-nic", "none"), tmp_path / "onie.log") as console:
         choose_grub_entry(console, 1)
         console.expect(r"ONIE: Install OS", 60)
         found = expect_environment(console, PLATFORM, 300)

@@ -28,6 +28,7 @@ ESP_MIB = 32
 # GPT attribute bits ONIE sets (docs/onie-contract.md, "x86 disk layout"): 0 "required by the
 # platform" and 60 "read-only"; uninstall keeps partitions by type GUID, so a NOS leaves these.
 ONIE_ATTRS = "RequiredPartition,GUID:60"
+MSDOS_LINUX = "83"  # msdos partition type: Linux
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,12 @@ class Partition:
 
 @dataclass(frozen=True)
 class Layout:
-    """The region: its partitions and its total size in sectors (backup GPT included)."""
+    """The region: its partitions and its total size in sectors (backup GPT included), and
+    its partition table: "gpt", or "msdos" (no backup table, no partition names)."""
 
     partitions: tuple[Partition, ...]
     sectors: int
+    table: str = "gpt"
 
     def find(self, name: str) -> Partition:
         """The partition called ``name``."""
@@ -57,8 +60,13 @@ class Layout:
         return any(p.name == name for p in self.partitions)
 
 
-def make_layout(arch: str, boot_mib: int) -> Layout:
-    """x86_64: GRUB-BOOT, EFI System, ONIE-BOOT; arm64: ONIE-BOOT only (u-boot reads it)."""
+def make_layout(arch: str, boot_mib: int, table: str = "gpt") -> Layout:
+    """x86_64: GRUB-BOOT, EFI System, ONIE-BOOT; arm64: ONIE-BOOT only (u-boot reads it).
+    msdos (x86_64, BIOS): ONIE-BOOT alone as bootable primary partition 1; GRUB's core image
+    sits in the gap after the MBR, as ONIE's msdos layout has it."""
+    if table == "msdos":
+        return Layout((Partition("ONIE-BOOT", MSDOS_LINUX, MIB, boot_mib * MIB, "bootable"),),
+                      (1 + boot_mib) * MIB, "msdos")
     parts: list[Partition] = []
     start = MIB
     if arch == "x86_64":
@@ -78,7 +86,13 @@ def guid(platform: str, what: str) -> str:
 
 
 def render_sfdisk(layout: Layout, platform: str) -> str:
-    """The sfdisk script for the region's GPT."""
+    """The sfdisk script for the region's partition table."""
+    if layout.table == "msdos":
+        disk_id = guid(platform, "disk")[:8].lower()  # the MBR's 32-bit disk signature
+        return "".join(["label: dos\n", f"label-id: 0x{disk_id}\n", "unit: sectors\n",
+                        *(f"start={p.start}, size={p.size}, type={p.type_guid}"
+                          f"{', bootable' if p.attrs == 'bootable' else ''}\n"
+                          for p in layout.partitions)])
     lines = ["label: gpt", f"label-id: {guid(platform, 'disk')}", "unit: sectors",
              f"first-lba: {MIB}", f"last-lba: {layout.sectors - GPT_TAIL - 1}"]
     for p in layout.partitions:
@@ -89,7 +103,8 @@ def render_sfdisk(layout: Layout, platform: str) -> str:
 
 
 def make_gpt(layout: Layout, platform: str, work: Path) -> tuple[bytes, bytes]:
-    """Partition a sparse region-sized file; return its first MiB and its backup GPT."""
+    """Partition a sparse region-sized file; return its first MiB and its backup GPT (empty
+    for msdos, which has none)."""
     sfdisk = find_tool("sfdisk", "to partition disk images (Debian package fdisk)")
     image = work / "region.img"
     image.unlink(missing_ok=True)
@@ -100,6 +115,6 @@ def make_gpt(layout: Layout, platform: str, work: Path) -> tuple[bytes, bytes]:
     with image.open("rb") as f:
         head = f.read(MIB * SECTOR)
         f.seek((layout.sectors - GPT_TAIL) * SECTOR)
-        tail = f.read(GPT_TAIL * SECTOR)
+        tail = f.read(GPT_TAIL * SECTOR) if layout.table == "gpt" else b""
     image.unlink()
     return head, tail

@@ -88,7 +88,8 @@ def sign_updater(recipe: Recipe, context: ImageContext, src: Path, dest: Path, k
 
 def make_updater_file(recipe: Recipe, context: ImageContext, out: Path) -> Path:
     """The unsigned self-extracting updater."""
-    layout = make_layout(recipe.platform.arch.value, recipe.images.boot_size_mib)
+    layout = make_layout(recipe.platform.arch.value, recipe.images.boot_size_mib,
+                         recipe.images.partition_type.value)
     boot_files: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="updater-") as tmp:
         work = Path(tmp)
@@ -112,8 +113,16 @@ def make_x86_pieces(recipe: Recipe, context: ImageContext, layout: Layout, head:
     """GRUB for BIOS (boot code + core image in GRUB-BOOT) and UEFI (the ESP). ONIE-BOOT is
     ext4, made on the switch (``make_boot_files``): a NOS installer mounts and reads it there."""
     early = render_early_config(BOOT_LABEL)
-    bios = layout.find("GRUB-BOOT")
     core = make_core("i386-pc", "i386-pc", work / "core.img", early, "/grub", WHY).read_bytes()
+    if layout.table == "msdos":
+        # ONIE's msdos layout: the core image in the gap between the MBR and partition 1.
+        if len(core) > (MIB - 1) * SECTOR:
+            raise BuildError(f"the GRUB core image ({len(core)} bytes) does not fit the MBR gap")
+        code = make_boot_code(1)
+        gap = place_core(core, 1)
+        head = code + head[len(code):SECTOR] + gap + head[SECTOR + len(gap):]
+        return head, []
+    bios = layout.find("GRUB-BOOT")
     if len(core) > bios.size * SECTOR:
         raise BuildError(f"the GRUB core image ({len(core)} bytes) does not fit the GRUB-BOOT partition")
     code = make_boot_code(bios.start)
@@ -200,6 +209,7 @@ def render_script(recipe: Recipe, layout: Layout, pieces: list[Piece], payload: 
               "builder_version": __version__, "layout": layout, "pieces": pieces,
               "boot_code": recipe.platform.arch.value == "x86_64",
               "boot_folder": BOOT_FOLDER if boot_files else None,
+              "table": layout.table,
               "boot_partition": layout.partitions.index(layout.find(BOOT_LABEL)) + 1,
               "payload_size": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
     offset = 0

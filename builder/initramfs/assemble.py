@@ -86,7 +86,7 @@ class Context:
             "kernel_version": self.resolution.kernel.release,
             # The firmware that boots the platform; /init writes uefi instead when UEFI booted it.
             "firmware": "u-boot" if self.recipe.platform.arch.value == "arm64" else "bios",
-            "partition_type": "gpt",  # the only layout builder/images/disk.py makes
+            "partition_type": self.recipe.images.partition_type.value,  # builder/images/disk.py
             "modules": self.recipe.kernel.modules,
             # /init loads them by need (kmod.make_load_plan, docs/discovery.md "Boot timing").
             "module_load": make_load_plan(self.recipe.kernel.modules, self.modules),

@@ -277,6 +277,13 @@ def _unique_formats(v: list[ImageFormat]) -> list[ImageFormat]:
     return v
 
 
+class PartitionType(enum.Enum):
+    """The partition table the environment lays out on the switch's disk."""
+
+    GPT = "gpt"
+    MSDOS = "msdos"
+
+
 class Images(Model):
     """Which boot images to build for the platform, and their options (docs/images.md)."""
 
@@ -286,6 +293,9 @@ class Images(Model):
     updater: UpdaterImage = UpdaterImage()
     grub_timeout: Annotated[int, Field(ge=0, le=600)] = 5  # seconds the GRUB menus wait
     boot_size_mib: Annotated[int, Field(ge=16, le=4096)] = 128  # the disk's ONIE-BOOT partition
+    # The disk's partition table (docs/images.md): ONIE's GPT layout, or its msdos one (ONIE-BOOT
+    # as bootable primary partition 1, GRUB in the MBR gap; BIOS only, x86_64 only).
+    partition_type: PartitionType = PartitionType.GPT
 
 
 class Trust(Model):
@@ -324,6 +334,9 @@ class Recipe(Model):
         if wrong:
             raise ValueError(f"formats: {', '.join(map(repr, wrong))} cannot be built for "
                              f"{platform.arch.value}")
+        if v.partition_type is PartitionType.MSDOS and platform.arch.value != "x86_64":
+            raise ValueError("partition_type: 'msdos' is for x86_64 (BIOS) platforms; "
+                             f"{platform.arch.value} uses 'gpt'")
         return v
 
     @property

@@ -111,11 +111,16 @@ def convert_synopsis(synopsis: str, texts: dict[str, str], inline: str,
         if i and words and words[0].lower() in ("and", "or"):
             operator, words = words[0].upper(), words[1:]
         converted = _convert_chunk(words, texts, inline, where, refs)
-        result = f"({result}) {operator or 'AND'} ({converted})" if result else converted
+        result = f"{_group(result)} {operator or 'AND'} {_group(converted)}" if result else converted
     if not _valid(result, refs):
         ref = _ref(synopsis.strip(), texts, inline, where)
         return ref.id, [ref]
     return result, refs
+
+
+def _group(expression: str) -> str:
+    """An expression as one operand: in parentheses unless it is a single term."""
+    return f"({expression})" if " " in expression else expression
 
 
 def _convert_chunk(words: list[str], texts: dict[str, str], inline: str, where: str,

@@ -80,7 +80,7 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
         if options.images:
             outputs.update(write_images(staging, recipe, resolution, tree, options, step))
         step(f"{platform}: writing the SBOMs and the provenance")
-        inventory, sboms = write_sboms(staging, recipe, resolution, tree, sorted(outputs), cache,
+        inventory, sboms = write_sboms(staging, recipe, resolution, tree, outputs, cache,
                                        options.source_date_epoch)
         outputs.update(sboms)
         manifest = render_manifest(recipe, recipe_files, resolution, tree, outputs, layers, options)

@@ -10,6 +10,7 @@ make random ones.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 from cyclonedx.model import HashAlgorithm, HashType, Property
@@ -41,8 +42,14 @@ def render_cyclonedx(inventory: inv.Inventory) -> str:
 
 def check_cyclonedx(text: str) -> str | None:
     """The CycloneDX library's strict JSON-schema verdict: None, or what is wrong."""
-    error = JsonStrictValidator(SCHEMA).validate_str(text)
+    error = _validator().validate_str(text)
     return None if error is None else str(error)
+
+
+@functools.cache
+def _validator() -> JsonStrictValidator:
+    """The schema validator, made once: compiling the schema is most of its cost."""
+    return JsonStrictValidator(SCHEMA)
 
 
 def make_bom(inventory: inv.Inventory) -> Bom:
@@ -79,8 +86,7 @@ def make_bom(inventory: inv.Inventory) -> Bom:
 
 def _output(output: inv.Output) -> Component:
     return Component(name=output.name, type=ComponentType.FILE, bom_ref=f"output:{output.name}",
-                     hashes=[HashType(alg=HashAlgorithm.SHA_256, content=output.sha256),
-                             HashType(alg=HashAlgorithm.SHA_1, content=output.sha1)])
+                     hashes=[HashType(alg=HashAlgorithm.SHA_256, content=output.sha256)])
 
 
 def _component(component: inv.Component) -> Component:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from builder.components.cache import Cache, write_atomic
 from builder.components.resolve import Resolution
@@ -22,14 +23,14 @@ from builder.signing.signers import KeySigner
 SPDX = "sbom.spdx.json"
 CYCLONEDX = "sbom.cdx.json"
 
-Outputs = dict[str, dict[str, str | int]]
+Outputs = dict[str, dict[str, Any]]
 
 
 def write_sboms(staging: Path, recipe: Recipe, resolution: Resolution, tree: Tree,
-                outputs: list[str], cache: Cache, source_date_epoch: int) -> tuple[Inventory, Outputs]:
-    """Write the SPDX and CycloneDX documents describing ``outputs``; their digests and sizes."""
-    inventory = make_inventory(recipe, resolution, tree, staging, outputs, cache,
-                               source_date_epoch)
+                outputs: Outputs, cache: Cache, source_date_epoch: int) -> tuple[Inventory, Outputs]:
+    """Write the SPDX and CycloneDX documents describing ``outputs`` (names to digests and
+    sizes); return theirs."""
+    inventory = make_inventory(recipe, resolution, tree, outputs, cache, source_date_epoch)
     written: Outputs = {}
     for name, text in ((SPDX, render_spdx(inventory)), (CYCLONEDX, render_cyclonedx(inventory))):
         written[name] = _write(staging / name, text.encode())
@@ -58,6 +59,6 @@ def write_provenance(staging: Path, inventory: Inventory, recipe: Recipe, subjec
                                render_envelope(IN_TOTO, payload, signer).encode())}
 
 
-def _write(path: Path, data: bytes) -> dict[str, str | int]:
+def _write(path: Path, data: bytes) -> dict[str, Any]:
     write_atomic(path, data)
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}

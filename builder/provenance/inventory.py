@@ -8,6 +8,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from packageurl import PackageURL
 
@@ -32,7 +33,6 @@ class Output:
 
     name: str
     sha256: str
-    sha1: str
     size: int
 
 
@@ -96,28 +96,20 @@ class Inventory:
         return tuple(sorted({r for c in self.components if c.sources for r in c.sources.refs}))
 
 
-def make_inventory(recipe: Recipe, resolution: Resolution, tree: Tree, staging: Path,
-                   outputs: list[str], cache: Cache, source_date_epoch: int) -> Inventory:
+def make_inventory(recipe: Recipe, resolution: Resolution, tree: Tree,
+                   outputs: dict[str, dict[str, Any]], cache: Cache,
+                   source_date_epoch: int) -> Inventory:
     """The inventory of a built image, from what the build resolved and assembled and the
-    ``outputs`` it wrote into ``staging``."""
+    digests and sizes of its ``outputs``."""
     arch = recipe.platform.arch.debian
     return Inventory(
         platform=recipe.platform_string, recipe=recipe.name, version=recipe.version, arch=arch,
         builder_version=__version__, source_date_epoch=source_date_epoch,
         kernel_release=resolution.kernel.release,
-        outputs=tuple(find_output(staging, name) for name in sorted(outputs)),
+        outputs=tuple(Output(name, str(o["sha256"]), int(o["size"]))
+                      for name, o in sorted(outputs.items())),
         components=find_components(resolution, cache, arch),
         files=find_files(tree, resolution))
-
-
-def find_output(staging: Path, name: str) -> Output:
-    """An output file with its SHA-256 and SHA-1 (SPDX 2.3 asks for the latter)."""
-    sha256, sha1 = hashlib.sha256(), hashlib.sha1(usedforsecurity=False)
-    with (staging / name).open("rb") as f:
-        while chunk := f.read(1 << 20):
-            sha256.update(chunk)
-            sha1.update(chunk)
-    return Output(name, sha256.hexdigest(), sha1.hexdigest(), (staging / name).stat().st_size)
 
 
 def find_components(resolution: Resolution, cache: Cache, arch: str) -> tuple[Component, ...]:

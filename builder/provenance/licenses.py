@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from debian import copyright as dep5
-from license_expression import ExpressionError, LicenseExpression, Licensing, get_spdx_licensing
+from license_expression import ExpressionError, LicenseExpression, Licensing
+from spdx_tools.common.spdx_licensing import spdx_licensing
 
 NOASSERTION = "NOASSERTION"
 
@@ -183,9 +184,9 @@ def _known(exceptions: bool) -> dict[str, str]:
             if not key.startswith("LicenseRef-") and bool(symbol.is_exception) == exceptions}
 
 
-@functools.cache
 def _licensing() -> Licensing:
-    return get_spdx_licensing()
+    """The SPDX licence list spdx-tools loaded (loading it takes a quarter of a second)."""
+    return spdx_licensing
 
 
 def parse_expression(expression: str) -> LicenseExpression:

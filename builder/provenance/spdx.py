@@ -1,10 +1,11 @@
 """The SPDX 2.3 JSON document of an image, built and checked with spdx-tools.
 
 Relationships: the document DESCRIBES the image; the image CONTAINS the initramfs and its
-output files (vmlinuz, boot images); the initramfs CONTAINS the components it has files of
-and the files of no component (templates, overlays); a component CONTAINS its files and is
-GENERATED_FROM its Debian source package (and from each Built-Using one). A package resolved
-as a dependency but with no file in the image is a DEPENDS_ON of the image.
+output files (vmlinuz, boot images: single-file packages); the initramfs CONTAINS the
+components it has files of and the files of no component (templates, overlays); a component
+CONTAINS its files and is GENERATED_FROM its Debian source package (and from each
+Built-Using one). A package resolved as a dependency but with no file in the image is a
+DEPENDS_ON of the image.
 """
 
 from __future__ import annotations
@@ -98,14 +99,19 @@ def _initramfs(inventory: inv.Inventory) -> Package:
 
 
 def _add_outputs(document: Document, inventory: inv.Inventory) -> None:
+    """Each output file as a single-file package (SPDX files need a SHA-1, which would mean
+    reading the boot images once more for every build)."""
     kernel = [c for c in inventory.components if c.in_kernel]
     for output in inventory.outputs:
         if output.name == inventory.initramfs.name:
             continue
         spdx_id = ref_id("Output", output.name)
-        document.files.append(File(f"./{output.name}", spdx_id, [
-            Checksum(ChecksumAlgorithm.SHA1, output.sha1),
-            Checksum(ChecksumAlgorithm.SHA256, output.sha256)]))
+        document.packages.append(Package(
+            spdx_id, output.name, SpdxNoAssertion(), file_name=f"./{output.name}",
+            files_analyzed=False, primary_package_purpose=PackagePurpose.FILE,
+            checksums=[Checksum(ChecksumAlgorithm.SHA256, output.sha256)],
+            license_concluded=SpdxNoAssertion(), license_declared=SpdxNoAssertion(),
+            copyright_text=SpdxNoAssertion()))
         document.relationships.append(Relationship(IMAGE, RelationshipType.CONTAINS, spdx_id))
         if output.name == "vmlinuz":
             document.relationships += [
@@ -119,7 +125,7 @@ def _add_component(document: Document, component: inv.Component, has_files: bool
         spdx_id, component.name, SpdxNoAssertion(), version=component.version or None,
         supplier=(Actor(ActorType.ORGANIZATION, "Debian") if component.kind == "debian"
                   else SpdxNoAssertion()),
-        files_analyzed=has_files or component.in_kernel,
+        files_analyzed=has_files,
         checksums=[Checksum(ChecksumAlgorithm.SHA256, component.sha256)],
         source_info=_source_info(component), license_concluded=SpdxNoAssertion(),
         license_declared=license_of(component.license), license_comment=component.license.comment,

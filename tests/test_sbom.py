@@ -82,8 +82,11 @@ def check_against_manifest(folder: Path) -> None:
         assert manifest["outputs"][name]["size"] == (folder / name).stat().st_size
     packages, files, contains = spdx_index(spdx)
     nested = cdx_walk(cdx["components"], "image", {})
-    by_purl = {c["purl"]: (ref, c) for ref, (_, c) in nested.items() if "purl" in c and "/" not in ref}
-    origins = {}
+    by_purl = {c["purl"]: (ref, c) for ref, (_, c) in nested.items() if "purl" in c
+               and "arch=source" not in c["purl"]}
+    # The origin each SBOM component stands for (the manifest's origin of its files).
+    origins = {prop["value"]: (packages[purl]["SPDXID"], ref) for purl, (ref, c) in by_purl.items()
+               for prop in c.get("properties", []) if prop["name"] == "onie-builder:origin"}
     for component in manifest["components"]:
         wanted = (f"/{component['name']}@" if component["source"] == "debian"
                   else f"?checksum=sha256:{component['sha256']}")
@@ -97,9 +100,10 @@ def check_against_manifest(folder: Path) -> None:
         if component["source"] == "debian":
             assert purl.startswith(f"pkg:deb/debian/{component['name']}@")
             assert purl.endswith(f"?arch={component['arch']}")
-            origins[f"debian:{component['name']}={component['version']}"] = (packages[purl]["SPDXID"], ref)
+            origin = f"debian:{component['name']}={component['version']}"
         else:
-            origins[component["name"]] = (packages[purl]["SPDXID"], ref)
+            origin = component["name"]
+        assert origins[origin] == (packages[purl]["SPDXID"], ref)
     listed = [f for f in manifest["initramfs"]["files"] if f["type"] == "file" and "sha256" in f]
     assert listed
     spdx_files = {f["SPDXID"]: f for f in spdx["files"]}
@@ -135,13 +139,33 @@ def test_licences_and_sources_of_the_default_platform(built: Callable[[str], Pat
     assert (by_name["busybox-static"]["SPDXID"], sources["glibc"]) in generated
 
 
+def make_deb(tmp_path: Path) -> Path:
+    """A vendor's own .deb with a file and a machine-readable copyright file."""
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: acme-tools\nVersion: 1.2-3\nArchitecture: amd64\n"
+        "Maintainer: Acme <ops@acme.invalid>\nDescription: demo\n")
+    (root / "usr/share/acme").mkdir(parents=True)
+    (root / "usr/share/acme/tool.conf").write_text("setting=1\n")
+    (root / "usr/share/doc/acme-tools").mkdir(parents=True)
+    (root / "usr/share/doc/acme-tools/copyright").write_text(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
+        "Files: *\nCopyright: 2026 Acme\nLicense: Expat\n")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root),
+                    str(tmp_path / "acme-tools.deb")], check=True, capture_output=True)
+    return tmp_path / "acme-tools.deb"
+
+
 def test_an_added_component_appears(tmp_path: Path, cache_env: dict[str, str]) -> None:
     (tmp_path / "note.txt").write_text("vendor note\n")
+    make_deb(tmp_path)
     recipe = tmp_path / "plus.yaml"
     recipe.write_text(f"extends: {ROOT}/recipes/platforms/qemu_x86_64.yaml\n"
                       "initramfs:\n  components+:\n"
                       "    - debian: lsscsi\n      binaries: [/usr/bin/lsscsi]\n"
-                      "    - path: note.txt\n      dest: /etc/vendor-note\n")
+                      "    - path: note.txt\n      dest: /etc/vendor-note\n"
+                      "    - path: acme-tools.deb\n      files: [/usr/share/acme/tool.conf]\n")
     proc = run_cli("build", str(recipe), "--out", str(tmp_path / "out"), "--json", "--no-lock",
                    "--no-images", env=cache_env)
     folder = Path(json.loads(proc.stdout)[0]["out"])
@@ -153,3 +177,8 @@ def test_an_added_component_appears(tmp_path: Path, cache_env: dict[str, str]) -
     nested = cdx_walk(load(folder, "sbom.cdx.json")["components"], "image", {})
     assert nested["file:/etc/vendor-note"][0] == "path:note.txt"
     assert nested["path:note.txt"][1]["purl"].startswith("pkg:generic/note.txt?checksum=sha256:")
+    # A vendor .deb: named by its file (not a Debian package URL), its DEP-5 licence read.
+    acme = nested["deb:acme-tools.deb"][1]
+    assert acme["purl"].startswith("pkg:generic/acme-tools.deb?checksum=sha256:")
+    assert acme["licenses"] == [{"expression": "MIT"}]
+    assert nested["file:/usr/share/acme/tool.conf"][0] == "deb:acme-tools.deb"

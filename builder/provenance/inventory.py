@@ -43,7 +43,7 @@ class Component:
     key: str  # stable and unique in the image: the manifest's name for it
     name: str
     version: str
-    kind: str  # "debian", "url" or "path"
+    kind: str  # "debian" (the archive), "deb" (a local or URL .deb), "url" or "path"
     sha256: str
     purl: str
     license: PackageLicense
@@ -117,7 +117,9 @@ def find_components(resolution: Resolution, cache: Cache, arch: str) -> tuple[Co
     packages = _packages(resolution)
     roots = [p.root for p in packages]
     kernel = {p.pin.name for p in resolution.kernel.packages}
-    found = [_debian_component(p, roots, cache, arch, p.pin.name in kernel) for p in packages]
+    archived = {pin.name for pin in resolution.pins}
+    found = [_package_component(p, roots, cache, arch, p.pin.name in kernel,
+                                p.pin.name in archived) for p in packages]
     for item in resolution.components:
         if item.file is not None:
             kind, _, name = item.key.partition(":")
@@ -138,8 +140,10 @@ def _packages(resolution: Resolution) -> list[Package]:
     return list(seen.values())
 
 
-def _debian_component(package: Package, roots: list[Path], cache: Cache, arch: str,
-                      in_kernel: bool) -> Component:
+def _package_component(package: Package, roots: list[Path], cache: Cache, arch: str,
+                       in_kernel: bool, archived: bool) -> Component:
+    """A .deb: from the Debian archive, or a local or URL one (named by its file, not by a
+    Debian package URL, and with no source package `sources` could fetch)."""
     pin = package.pin
     deb = cache.find(pin.sha256)
     control = read_control(deb) if deb is not None else {}
@@ -150,6 +154,10 @@ def _debian_component(package: Package, roots: list[Path], cache: Cache, arch: s
                               f"/usr/share/doc/{copyright_file.parent.name}/copyright")
                 if copyright_file is not None
                 else PackageLicense(NOASSERTION, (), f"{name}: the package has no copyright file"))
+    if not archived:
+        purl = PackageURL("generic", name=pin.name, qualifiers={"checksum": f"sha256:{pin.sha256}"})
+        return Component(f"deb:{pin.name}", name, version, "deb", pin.sha256, purl.to_string(),
+                         license_, None, package.origin, in_kernel)
     purl = PackageURL("deb", "debian", name, version or None, {"arch": pin.arch or arch})
     return Component(f"debian:{pin.name}", name, version, "debian", pin.sha256, purl.to_string(),
                      license_, parse_binary_sources(control) if control else None,
@@ -158,7 +166,9 @@ def _debian_component(package: Package, roots: list[Path], cache: Cache, arch: s
 
 def find_files(tree: Tree, resolution: Resolution) -> tuple[File, ...]:
     """Every regular file of the initramfs with the key of the component it came from."""
-    owners = {p.origin: f"debian:{p.pin.name}" for p in _packages(resolution)}
+    archived = {pin.name for pin in resolution.pins}
+    owners = {p.origin: f"{'debian' if p.pin.name in archived else 'deb'}:{p.pin.name}"
+              for p in _packages(resolution)}
     owners.update({item.origin: item.key for item in resolution.components if item.file})
     files = []
     for entry in tree.entries():

@@ -178,7 +178,7 @@ def test_an_added_component_appears(tmp_path: Path, cache_env: dict[str, str]) -
     assert nested["file:/etc/vendor-note"][0] == "path:note.txt"
     assert nested["path:note.txt"][1]["purl"].startswith("pkg:generic/note.txt?checksum=sha256:")
     # A vendor .deb: named by its file (not a Debian package URL), its DEP-5 licence read.
-    acme = nested["deb:acme-tools.deb"][1]
-    assert acme["purl"].startswith("pkg:generic/acme-tools.deb?checksum=sha256:")
+    acme = nested["path:acme-tools.deb"][1]
+    assert acme["purl"].startswith("pkg:generic/acme-tools@1.2-3?checksum=sha256:")
     assert acme["licenses"] == [{"expression": "MIT"}]
-    assert nested["file:/usr/share/acme/tool.conf"][0] == "deb:acme-tools.deb"
+    assert nested["file:/usr/share/acme/tool.conf"][0] == "path:acme-tools.deb"

@@ -117,9 +117,9 @@ def find_components(resolution: Resolution, cache: Cache, arch: str) -> tuple[Co
     packages = _packages(resolution)
     roots = [p.root for p in packages]
     kernel = {p.pin.name for p in resolution.kernel.packages}
-    archived = {pin.name for pin in resolution.pins}
-    found = [_package_component(p, roots, cache, arch, p.pin.name in kernel,
-                                p.pin.name in archived) for p in packages]
+    local = _local_keys(resolution)
+    found = [_package_component(p, roots, cache, arch, p.pin.name in kernel, local.get(p.pin.name))
+             for p in packages]
     for item in resolution.components:
         if item.file is not None:
             kind, _, name = item.key.partition(":")
@@ -140,10 +140,18 @@ def _packages(resolution: Resolution) -> list[Package]:
     return list(seen.values())
 
 
+def _local_keys(resolution: Resolution) -> dict[str, str]:
+    """The recipe's key (``path:x.deb``, ``url:...``) of each .deb not from the archive."""
+    archived = {pin.name for pin in resolution.pins}
+    keys = {p.pin.name: f"kernel:{p.pin.name}" for p in resolution.kernel.packages}
+    keys.update((p.pin.name, item.key) for item in resolution.components for p in item.packages)
+    return {name: key for name, key in keys.items() if name not in archived}
+
+
 def _package_component(package: Package, roots: list[Path], cache: Cache, arch: str,
-                       in_kernel: bool, archived: bool) -> Component:
-    """A .deb: from the Debian archive, or a local or URL one (named by its file, not by a
-    Debian package URL, and with no source package `sources` could fetch)."""
+                       in_kernel: bool, local_key: str | None) -> Component:
+    """A .deb: from the Debian archive, or a local or URL one (named by its file's digest, not
+    by a Debian package URL, and with no source package `sources` could fetch)."""
     pin = package.pin
     deb = cache.find(pin.sha256)
     control = read_control(deb) if deb is not None else {}
@@ -154,9 +162,10 @@ def _package_component(package: Package, roots: list[Path], cache: Cache, arch: 
                               f"/usr/share/doc/{copyright_file.parent.name}/copyright")
                 if copyright_file is not None
                 else PackageLicense(NOASSERTION, (), f"{name}: the package has no copyright file"))
-    if not archived:
-        purl = PackageURL("generic", name=pin.name, qualifiers={"checksum": f"sha256:{pin.sha256}"})
-        return Component(f"deb:{pin.name}", name, version, "deb", pin.sha256, purl.to_string(),
+    if local_key is not None:
+        purl = PackageURL("generic", name=name, version=version or None,
+                          qualifiers={"checksum": f"sha256:{pin.sha256}"})
+        return Component(local_key, name, version, "deb", pin.sha256, purl.to_string(),
                          license_, None, package.origin, in_kernel)
     purl = PackageURL("deb", "debian", name, version or None, {"arch": pin.arch or arch})
     return Component(f"debian:{pin.name}", name, version, "debian", pin.sha256, purl.to_string(),
@@ -166,9 +175,8 @@ def _package_component(package: Package, roots: list[Path], cache: Cache, arch: 
 
 def find_files(tree: Tree, resolution: Resolution) -> tuple[File, ...]:
     """Every regular file of the initramfs with the key of the component it came from."""
-    archived = {pin.name for pin in resolution.pins}
-    owners = {p.origin: f"{'debian' if p.pin.name in archived else 'deb'}:{p.pin.name}"
-              for p in _packages(resolution)}
+    local = _local_keys(resolution)
+    owners = {p.origin: local.get(p.pin.name, f"debian:{p.pin.name}") for p in _packages(resolution)}
     owners.update({item.origin: item.key for item in resolution.components if item.file})
     files = []
     for entry in tree.entries():

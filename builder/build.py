@@ -26,6 +26,7 @@ from builder.initramfs.cpio import WrittenLayer, compress, layer_of, make_initra
 from builder.initramfs.sizes import ComponentSize, measure_components
 from builder.initramfs.tree import Kind, Tree
 from builder.initramfs.trust import describe_trust, load_trust
+from builder.provenance.documents import describe_provenance, write_provenance, write_sboms
 from builder.recipe.formats import Compression
 from builder.recipe.model import Arch, Recipe
 from builder.render import BUILTIN_TEMPLATES
@@ -81,11 +82,19 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
         sizes = measure_sizes(recipe, tree, options, cache)
         if options.images:
             outputs.update(write_images(staging, recipe, resolution, tree, options, step))
+        step(f"{platform}: writing the SBOMs and the provenance")
+        inventory, sboms = write_sboms(staging, recipe, resolution, tree, outputs, cache,
+                                       options.source_date_epoch)
+        outputs.update(sboms)
         manifest = render_manifest(recipe, recipe_files, resolution, tree, outputs, layers, options,
                                    sizes)
         write_atomic(staging / MANIFEST, manifest.encode())
         outputs[MANIFEST] = {"sha256": hashlib.sha256(manifest.encode()).hexdigest(),
                              "size": len(manifest.encode())}
+        # Last: the statement signs every other output, the manifest included.
+        outputs.update(write_provenance(
+            staging, inventory, recipe, {n: str(o["sha256"]) for n, o in outputs.items()},
+            recipe_files, options.lock_path, options.images))
         publish(staging, final)
         record = {"platform": platform, "epoch": options.source_date_epoch, "images": options.images,
                   "lock": str(options.lock_path.resolve()) if options.lock_path else None,
@@ -203,7 +212,8 @@ def input_paths(recipe: Recipe, recipe_files: list[Path], options: BuildOptions)
     local = [c.path for c in (recipe.kernel, *recipe.initramfs.components) if c.path is not None]
     paths = [*recipe_files, PACKAGE_DIR, BUILTIN_TEMPLATES, *recipe.templates,
              *recipe.initramfs.overlays, *local, *recipe.trust.keys,
-             *image_inputs(recipe), *transports.input_files(recipe)]
+             *image_inputs(recipe), *transports.input_files(recipe),
+             *([recipe.provenance.key] if recipe.provenance.key else [])]
     return paths + ([options.lock_path] if options.lock_path else [])
 
 
@@ -267,5 +277,6 @@ def render_manifest(recipe: Recipe, recipe_files: list[Path], resolution: Resolu
                       "components": [{"name": s.name, "entries": s.entries, "bytes": s.bytes,
                                       "compressed": s.compressed} for s in sizes]},
         "trust": describe_trust(load_trust(recipe.trust, options.source_date_epoch)),
+        "provenance": describe_provenance(recipe),
     }
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"

@@ -26,7 +26,8 @@ def test_default_build_outputs(built: Callable[[str], Path]) -> None:
     assert image.name == "x86_64-qemu_x86_64-r0"
     assert sorted(p.name for p in image.iterdir()) == [
         "initrd.img", "manifest.json", "netboot", "onie-recovery-x86_64-qemu_x86_64-r0.iso",
-        "onie-updater-x86_64-qemu_x86_64-r0", "uki", "vmlinuz"]  # images: docs/images.md
+        "onie-updater-x86_64-qemu_x86_64-r0", "provenance.intoto.jsonl", "sbom.cdx.json",
+        "sbom.spdx.json", "uki", "vmlinuz"]  # images: docs/images.md; SBOMs: docs/formats.md
     assert (image / "initrd.img").read_bytes()[:6] == b"\xfd7zXZ\x00"
     doc = manifest(image)
     assert doc["platform"] == "x86_64-qemu_x86_64-r0"
@@ -140,7 +141,9 @@ def test_no_images_and_layer_reuse(tmp_path: Path, cache_env: dict[str, str]) ->
     quick = ("build", "qemu_x86_64", "--json", "--no-images")
     first = json.loads(run_cli(*quick, cwd=work, env=cache_env).stdout)[0]
     assert not first["skipped"]
-    assert sorted(p.name for p in out.iterdir()) == ["initrd.img", "manifest.json", "vmlinuz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "initrd.img", "manifest.json", "provenance.intoto.jsonl", "sbom.cdx.json", "sbom.spdx.json",
+        "vmlinuz"]
     assert json.loads(run_cli(*quick, cwd=work, env=cache_env).stdout)[0]["skipped"]
     layers = {x["layer"]: x for x in manifest(out)["initramfs"]["layers"]}
     assert list(layers) == ["files", "programs", "modules"]

@@ -173,6 +173,7 @@ class Archive:
         self.arch = debian_arch(arch)
         self.cache = cache
         self._indexes: list[_Index] | None = None
+        self._releases: dict[str, Release] = {}
 
     @classmethod
     def from_packages_text(cls, text: str, arch: str, cache: Cache | None = None,
@@ -301,22 +302,31 @@ class Archive:
     def _load_suite(self, source: AptSource, suite: str) -> list[_Index]:
         if suite.endswith("/"):
             raise BuildError(f"{source.uri} {suite}: flat repositories are not supported")
-        base = f"{source.uri}/dists/{suite}"
-        release = Release(self._release_text(f"{base}/InRelease", source.keyring),
-                          fields=["SHA256", "Acquire-By-Hash"])
-        hashes = {entry["name"]: entry["sha256"] for entry in release.get("SHA256", [])}
-        by_hash = release.get("Acquire-By-Hash", "").strip() == "yes"
         indexes = []
         for component in source.components:
-            path = f"{component}/binary-{self.arch}/Packages"
-            name = next((path + ext for ext in (".xz", ".gz") if path + ext in hashes), None)
-            if name is None:
-                log.debug("%s has no %s", base, path)
-                continue
-            url = (f"{base}/{posixpath.dirname(name)}/by-hash/SHA256/{hashes[name]}"
-                   if by_hash else f"{base}/{name}")
-            indexes.append(self._packages_index(source.uri, url, hashes[name]))
+            found = self.find_index(source, suite, f"{component}/binary-{self.arch}/Packages")
+            if found is not None:
+                indexes.append(self._packages_index(source.uri, *found))
         return indexes
+
+    def find_index(self, source: AptSource, suite: str, path: str) -> tuple[str, str] | None:
+        """The URL and sha256 of index ``path`` (e.g. ``main/source/Sources``, compressed with
+        xz or gzip) as the suite's signed InRelease lists it; None when it lists none."""
+        base = f"{source.uri}/dists/{suite}"
+        if base not in self._releases:  # gpgv once per suite
+            release = Release(self._release_text(f"{base}/InRelease", source.keyring),
+                              fields=["SHA256", "Acquire-By-Hash"])
+            self._releases[base] = release
+        release = self._releases[base]
+        hashes = {entry["name"]: entry["sha256"] for entry in release.get("SHA256", [])}
+        name = next((path + ext for ext in (".xz", ".gz") if path + ext in hashes), None)
+        if name is None:
+            log.debug("%s has no %s", base, path)
+            return None
+        by_hash = release.get("Acquire-By-Hash", "").strip() == "yes"
+        url = (f"{base}/{posixpath.dirname(name)}/by-hash/SHA256/{hashes[name]}"
+               if by_hash else f"{base}/{name}")
+        return url, hashes[name]
 
     def _packages_index(self, uri: str, url: str, sha256: str) -> _Index:
         """A Packages index, parsed once and then kept in the cache keyed by its digest."""
@@ -325,7 +335,7 @@ class Archive:
             return index
         _, blob = self.cache.fetch(url, sha256)
         start = time.monotonic()
-        index = parse_packages(_decompress(blob.read_bytes()), uri)
+        index = parse_packages(decompress(blob.read_bytes()), uri)
         index.save(stem)
         log.debug("parsed %s in %.2f s", url, time.monotonic() - start)
         return index
@@ -365,8 +375,8 @@ def _choices(names: list[str]) -> str:
     return " or ".join([", ".join(quoted[:-1]), quoted[-1]] if quoted[1:] else quoted)
 
 
-def _decompress(data: bytes) -> bytes:
-    """Packages.xz or Packages.gz, told apart by their magic bytes."""
+def decompress(data: bytes) -> bytes:
+    """An index compressed with xz or gzip (or not at all), told apart by its magic bytes."""
     if data.startswith(b"\xfd7zXZ\x00"):
         return lzma.decompress(data)
     if data.startswith(b"\x1f\x8b"):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import zstandard
+from debian.deb822 import Deb822
 
 from builder.components.cache import Cache, sha256_file
 from builder.errors import BuildError
@@ -50,11 +51,30 @@ def unpack_deb(deb: Path, cache: Cache) -> Path:
     return tree
 
 
+def read_control(deb: Path) -> dict[str, str]:
+    """The fields of the package's ``control`` file (Package, Version, Source, Built-Using...)."""
+    with _member_tar(deb, "control.tar") as tar:
+        for member in tar:
+            if member.name.lstrip("./") == "control" and member.isreg():
+                source = tar.extractfile(member)
+                assert source is not None
+                text = source.read(1 << 20).decode(errors="replace")
+                return {key: str(value) for key, value in Deb822(text.splitlines()).items()}
+    raise BuildError(f"{deb}: not a Debian package (no control file)")
+
+
 @contextmanager
 def _data_tar(deb: Path) -> Iterator[tarfile.TarFile]:
     """The data.tar.* member of the ar archive ``deb``, opened as a stream."""
+    with _member_tar(deb, "data.tar") as tar:
+        yield tar
+
+
+@contextmanager
+def _member_tar(deb: Path, prefix: str) -> Iterator[tarfile.TarFile]:
+    """The ``prefix``.* member (control.tar or data.tar) of the ar archive ``deb``, as a stream."""
     with deb.open("rb") as f:
-        name, size = _find_data_member(f, deb)
+        name, size = _find_member(f, deb, prefix)
         member = io.BufferedReader(_Slice(f, size), 1 << 20)
         # tarfile cannot read zstd (python/cpython#81276); dpkg writes it since 1.21.18.
         zst = name.endswith(".zst")
@@ -84,8 +104,8 @@ class _Slice(io.RawIOBase):
         return len(data)
 
 
-def _find_data_member(f: BinaryIO, deb: Path) -> tuple[str, int]:
-    """Seek ``f`` to the data.tar member and return its name and size (ar format, man 5 ar)."""
+def _find_member(f: BinaryIO, deb: Path, prefix: str) -> tuple[str, int]:
+    """Seek ``f`` to the member named ``prefix``* and return its name and size (man 5 ar)."""
     if f.read(len(AR_MAGIC)) != AR_MAGIC:
         raise BuildError(f"{deb}: not a Debian package (no ar archive header)")
     while len(header := f.read(AR_HEADER)) == AR_HEADER:
@@ -94,10 +114,10 @@ def _find_data_member(f: BinaryIO, deb: Path) -> tuple[str, int]:
             size = int(header[48:58])
         except ValueError:
             break
-        if name.startswith("data.tar"):
+        if name.startswith(prefix):
             return name, size
         f.seek(size + size % 2, os.SEEK_CUR)
-    raise BuildError(f"{deb}: not a Debian package (no data.tar member)")
+    raise BuildError(f"{deb}: not a Debian package (no {prefix} member)")
 
 
 def _extract(tar: tarfile.TarFile, root: Path, deb: Path) -> None:

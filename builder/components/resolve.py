@@ -239,7 +239,11 @@ class Resolver:
 
     def _local_package(self, source: Source) -> Package:
         sha256, deb = self._single_file(source)
-        name = source.url.rsplit("/", 1)[-1] if source.url else deb.name
+        if source.url is not None:
+            name = source.url.rsplit("/", 1)[-1]
+        else:  # the file's own name: ``deb`` is the cache's copy, named by its digest
+            assert source.path is not None
+            name = source.path.name
         pin = Pin(name, "", self.arch, sha256, deb.stat().st_size, name)
         return Package(pin, unpack_deb(deb, self.cache))
 

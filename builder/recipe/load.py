@@ -22,7 +22,7 @@ PATH_SCALARS: tuple[KeyPath, ...] = (("transports", "iscsi", "chap"),
                                      ("images", "fit", "key"), ("images", "fit", "dtb"),
                                      ("images", "uki", "secureboot_key"),
                                      ("images", "uki", "secureboot_cert"),
-                                     ("images", "updater", "key"))
+                                     ("images", "updater", "key"), ("provenance", "key"))
 
 
 def load_recipe(path: Path) -> tuple[Recipe, Merged]:

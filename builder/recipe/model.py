@@ -309,6 +309,13 @@ class Trust(Model):
     min_version: Annotated[int, Field(ge=0, le=10**18 - 1)] = 0
 
 
+class Provenance(Model):
+    """The signed provenance statement (docs/formats.md): the private key that signs it;
+    without one the statement is written unsigned and `verify-provenance` refuses it."""
+
+    key: Path | None = None  # builder.signing.keys formats; Ed25519 or RSA sign reproducibly
+
+
 class Recipe(Model):
     """A fully resolved platform recipe."""
 
@@ -323,6 +330,7 @@ class Recipe(Model):
     trust: Trust = Trust()
     images: Images = Images()
     transports: Transports = Transports()
+    provenance: Provenance = Provenance()
 
     @field_validator("images")
     @classmethod

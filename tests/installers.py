@@ -33,6 +33,27 @@ def script_installer(path: Path, tag: str, status: int = 0) -> Path:
     return path
 
 
+ASKING = """#!/bin/sh
+set -e
+tty=no
+if (: < /dev/tty) 2> /dev/null; then tty=yes; fi
+echo "TEST-INSTALLER {tag} stdin=$(readlink /proc/self/fd/0) ctty=$tty"
+read -r -p "Do you still wish to install this image? [y/n]: " answer
+echo "TEST-INSTALLER {tag} answer=$answer"
+[ "$answer" = y ]
+"""
+
+
+def asking_installer(path: Path, tag: str) -> Path:
+    """An installer that asks SONiC's y/n question (``read -r -p`` under ``set -e``, which ends
+    the install at end of input) and succeeds on "y"; it reports its stdin and whether it has
+    a controlling terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(ASKING.format(tag=tag))
+    path.chmod(0o755)
+    return path
+
+
 SHARCH_HEADER = """#!/bin/sh
 # ONIE-format self-extracting installer (test fixture).
 echo "TEST-INSTALLER {tag} verifying payload checksum"

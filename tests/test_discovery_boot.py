@@ -24,7 +24,7 @@ from builder.lab.netns import NetNamespace
 from builder.lab.qemu import Console, machine_for, qemu_command
 from builder.lab.servers import Dnsmasq, HttpServer
 from tests.conftest import require_qemu, require_root_netns, require_tool, run_cli
-from tests.installers import script_installer, sharch_installer
+from tests.installers import asking_installer, script_installer, sharch_installer
 
 pytestmark = [pytest.mark.lab, pytest.mark.network]
 
@@ -170,6 +170,22 @@ def test_vivso_installer_fails_then_option_114_succeeds(image: Path, lab: Lab) -
     assert first < failed < second
     assert lines(text, "TEST-INSTALLER vivso ")[0].startswith(f"url={web.url('vivso.sh')} ")
     assert [r.path for r in web.requests()] == ["/vivso.sh", "/url114.sh"]
+
+
+def test_installer_gets_the_console_as_stdin_and_controlling_terminal(image: Path, lab: Lab) -> None:
+    """An installer discovery runs reads the console, as one started at the console does: it
+    asks SONiC's y/n question and the answer typed on the console reaches it (the console's
+    shell is ended meanwhile, so nothing else reads it)."""
+    www = lab.tmp / "www"
+    asking_installer(www / "ask.sh", "ask")
+    web = HttpServer(lab.ns, www, lab.tmp / "httpd", address=lab.server).start()
+    lab.dnsmasq(options=[f"114,{web.url('ask.sh')}"])
+    with lab.boot(image) as console:
+        console.expect(r"\[y/n\]: ", BOOT_TIMEOUT)
+        console.send("y\r")
+        text = finish(console)
+    assert lines(text, "TEST-INSTALLER ask ") == ["stdin=/dev/ttyS0 ctty=yes", "answer=y"]
+    assert lines(text)[-2] == f"done {web.url('ask.sh')} then poweroff"
 
 
 def test_http_sweep_waits_for_a_server_and_finds_a_less_specific_name(image: Path, lab: Lab) -> None:

@@ -185,10 +185,10 @@ def test_applet_links_make_way_for_real_tools() -> None:
     tree, owners = toolset_tree()
     assert find_shell_busybox(tree) == "/usr/lib/onie/busybox"
     assert find_shadowed(tree, owners) == [
-        ("/usr/sbin", ["mke2fs", "mkfs.ext4", "partprobe"]),
-        ("/usr/bin", ["mke2fs", "mkfs.ext4", "partprobe"]),
-        ("/sbin", ["sgdisk"]),
-        ("/bin", ["mke2fs", "mkfs.ext4", "partprobe", "sgdisk"]),
+        "/usr/sbin/mke2fs", "/usr/sbin/mkfs.ext4", "/usr/sbin/partprobe",
+        "/usr/bin/mke2fs", "/usr/bin/mkfs.ext4", "/usr/bin/partprobe",
+        "/sbin/sgdisk",
+        "/bin/mke2fs", "/bin/mkfs.ext4", "/bin/partprobe", "/bin/sgdisk",
     ]
     # A discovery-only image: /bin/sh is busybox-static's applet link, made at boot.
     plain = Tree()
@@ -200,10 +200,10 @@ def test_init_installs_applets_shell_first_and_removes_shadows(tmp_path: Path) -
     recipe = load_recipe(PLATFORMS / "qemu_x86_64.yaml")[0]
     text = render_template(make_environment([]), "guest/init.j2", {
         **values(recipe), "shell_busybox": "/usr/lib/onie/busybox",
-        "shadowed_applets": [("/usr/sbin", ["partprobe", "mkfs.ext4"])]})
+        "shadowed_applets": ["/usr/sbin/partprobe", "/bin/mkfs.ext4"]})
     order = [text.index(s) for s in ("/usr/lib/onie/busybox --install -s\n",
                                      "/bin/busybox --install -s\n",
-                                     "cd /usr/sbin && rm -f \\\n    partprobe mkfs.ext4\n",
+                                     "rm -f \\\n    /usr/sbin/partprobe /bin/mkfs.ext4\n",
                                      "export PATH=")]
     assert order == sorted(order)
     plain = render_template(make_environment([]), "guest/init.j2", values(recipe))

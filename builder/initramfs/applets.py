@@ -45,9 +45,9 @@ def find_shell_busybox(tree: Tree) -> str | None:
     return target if _is_busybox(target) and target != STATIC_BUSYBOX else None
 
 
-def find_shadowed(tree: Tree, owners: dict[str, str]) -> list[tuple[str, list[str]]]:
-    """For each PATH folder, the names of the components' real tools that the image has in
-    another PATH folder only: an applet link /init makes there would shadow them."""
+def find_shadowed(tree: Tree, owners: dict[str, str]) -> list[str]:
+    """The paths in PATH folders where an applet link /init makes would stand beside one of the
+    components' real tools of the same name, which the image has in another PATH folder."""
     real: set[str] = set()
     for path in owners:
         folder, name = posixpath.split(path)
@@ -55,6 +55,5 @@ def find_shadowed(tree: Tree, owners: dict[str, str]) -> list[tuple[str, list[st
         if (folder in PATH_DIRS and entry is not None and entry.kind in (Kind.FILE, Kind.SYMLINK)
                 and not _is_busybox(path) and not _is_busybox(resolve_link(tree, path))):
             real.add(name)
-    shadowed = [(folder, sorted(n for n in real if posixpath.join(folder, n) not in tree))
-                for folder in PATH_DIRS]
-    return [(folder, names) for folder, names in shadowed if names]
+    return [posixpath.join(folder, name) for folder in PATH_DIRS for name in sorted(real)
+            if posixpath.join(folder, name) not in tree]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -211,3 +212,15 @@ def test_vendor_template_overrides_builtin(tmp_path: Path, cache_env: dict[str, 
     assert files["/etc/profile"]["origin"] == "template:acme-templates/guest/etc/profile.j2"
     assert files["/init"]["origin"] == "template:init.j2"
     assert str(tmp_path) not in (image / "manifest.json").read_text()
+
+
+def test_a_build_prints_only_its_own_lines(tmp_path: Path, cache_env: dict[str, str]) -> None:
+    """Progress, the summary and its size breakdown; nothing a library logs on its own (such
+    as python-debian's "Fixing Format URL" for an old copyright file)."""
+    proc = run_cli("build", "qemu_x86_64", "--out", str(tmp_path / "out"), "--no-images",
+                   "--no-lock", env=cache_env)
+    lines = proc.stderr.splitlines()
+    assert any(line.startswith("==> x86_64-qemu_x86_64-r0: writing the SBOMs") for line in lines)
+    own = re.compile(r"(==> x86_64-qemu_x86_64-r0: |x86_64-qemu_x86_64-r0: built in | {2}|downloading )")
+    strays = [line for line in lines if not own.match(line)]
+    assert strays == []

@@ -35,6 +35,10 @@ def main(ctx: click.Context, debug: bool, quiet: bool, cache_dir: Path | None) -
     """
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    if not debug:
+        # python-debian notes each copyright file it reads leniently ("Fixing Format URL"):
+        # about Debian's files, not the user's build.
+        logging.getLogger("debian").setLevel(logging.ERROR)
     ctx.obj = {"cache_dir": cache_dir}
 
 

@@ -104,7 +104,7 @@ def test_embed_then_boot_from_disk_then_update(tmp_path: Path, cache_env: dict[s
     argv = x86_command("-drive", f"file={disk},format=raw,if=virtio",
                        "-drive", f"file={stick},format=raw,if=virtio,readonly=on", "-nic", "none")
     with Console.start(argv, tmp_path / "disk.log") as console:
-        choose_grub_entry(console, 2)
+        choose_grub_entry(console, 3)  # ONIE: Install OS, Rescue, Uninstall OS, Update ONIE, Embed
         found = expect_environment(console, PLATFORM)
         assert found.group(2) == "update"
         console.expect(r"onie-updater: updating ONIE on /dev/vda to 2026\.12", 240)

@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -155,17 +156,17 @@ def test_the_statement_covers_every_output(signed_builds: tuple[Path, Path, Path
     build = statement["predicate"]["buildDefinition"]
     assert build["externalParameters"] == {"recipe": "signed.yaml", "platform": "x86_64-qemu_x86_64-r0",
                                            "sourceDateEpoch": 1700000000, "images": True}
-    recipes = build["resolvedDependencies"][:3]
+    recipes = build["resolvedDependencies"][:4]
     # Shipped recipes by their path in this repository, at its commit; the test's own by name.
-    assert [d["name"] for d in recipes] == ["recipes/base/x86_64.yaml",
+    assert [d["name"] for d in recipes] == ["recipes/base/toolset.yaml", "recipes/base/x86_64.yaml",
                                             "recipes/platforms/qemu_x86_64.yaml", "signed.yaml"]
     commit = run_git("rev-parse", "HEAD")
-    assert [d["digest"].get("gitCommit") for d in recipes] == [commit, commit, None]
-    assert recipes[1]["digest"]["sha256"] == hashlib.sha256(
+    assert [d["digest"].get("gitCommit") for d in recipes] == [commit, commit, commit, None]
+    assert recipes[2]["digest"]["sha256"] == hashlib.sha256(
         (ROOT / "recipes/platforms/qemu_x86_64.yaml").read_bytes()).hexdigest()
     purls = {d.get("uri", "") for d in build["resolvedDependencies"]}
     assert {c["name"] for c in manifest["components"]} == \
-        {p.split("/")[2].split("@")[0] for p in purls if p.startswith("pkg:deb/")}
+        {unquote(p.split("/")[2].split("@")[0]) for p in purls if p.startswith("pkg:deb/")}
     assert statement["predicate"]["runDetails"]["builder"]["version"] == \
         {"onie-builder": manifest["builder_version"]}
 

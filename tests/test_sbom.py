@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from cyclonedx.schema import SchemaVersion
@@ -88,7 +89,8 @@ def check_against_manifest(folder: Path) -> None:
     origins = {prop["value"]: (packages[purl]["SPDXID"], ref) for purl, (ref, c) in by_purl.items()
                for prop in c.get("properties", []) if prop["name"] == "onie-builder:origin"}
     for component in manifest["components"]:
-        wanted = (f"/{component['name']}@" if component["source"] == "debian"
+        # The package URL percent-encodes the name ('+' is %2B: libstdc++6).
+        wanted = (f"/{quote(component['name'], safe='')}@" if component["source"] == "debian"
                   else f"?checksum=sha256:{component['sha256']}")
         purls = [p for p in packages if wanted in p and "arch=source" not in p]
         assert len(purls) == 1, component["name"]
@@ -98,7 +100,7 @@ def check_against_manifest(folder: Path) -> None:
         ref, entry = by_purl[purl]
         assert sha256_of(entry, "hashes") == component["sha256"]
         if component["source"] == "debian":
-            assert purl.startswith(f"pkg:deb/debian/{component['name']}@")
+            assert purl.startswith(f"pkg:deb/debian/{quote(component['name'], safe='')}@")
             assert purl.endswith(f"?arch={component['arch']}")
             origin = f"debian:{component['name']}={component['version']}"
         else:

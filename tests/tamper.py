@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLATFORM = "x86_64-qemu_x86_64-r0"
 OTHER_PLATFORM = "x86_64-accton_as7726_32x-r0"
 FLOOR = 1700000000  # the clock floor the test images are built with (SOURCE_DATE_EPOCH)
+RUNNING = FLOOR  # so also the test images' own version, which an updater must exceed
 MIN_VERSION = 10
 FUTURE = 4102444800  # 2100-01-01
 
@@ -138,7 +139,11 @@ def build_cases(keys: Keys) -> list[tuple[Case, bytes]]:
         (Case("good-not-expired", None), lambda: signed(p("good-not-expired"), a,
                                                           not_after=FUTURE)),
         (Case("good-updater", None, "update"), lambda: signed(p("good-updater"), b,
-                                                                image=ImageType.UPDATER)),
+                                                                image=ImageType.UPDATER,
+                                                                version=FLOOR + 1)),
+        # The environment's own version is FLOOR (its build's SOURCE_DATE_EPOCH): not newer.
+        (Case("updater-not-newer", "downgrade", "update"),
+         lambda: signed(p("updater-not-newer"), a, image=ImageType.UPDATER, version=FLOOR)),
         (Case("good-newer-many-platforms", None), lambda: signed(
             p("good-newer"), a, version=10**18 - 1, platforms=(OTHER_PLATFORM, PLATFORM))),
         (Case("payload-bitflip", "digest-mismatch"), lambda: flip(signed(p("payload-bit"), a), 20)),

@@ -15,7 +15,7 @@ import pytest
 from builder.initramfs.trust import verify_signed
 from builder.signing.format import BootMode, ImageType, Refusal
 from tests.guestcmd import Guest, platform_recipe
-from tests.tamper import FLOOR, PLATFORM, Keys, flip, make_keys, revoked_digests, signed
+from tests.tamper import FLOOR, PLATFORM, RUNNING, Keys, flip, make_keys, revoked_digests, signed
 
 COOKIE = "# ONIE-UPDATER-COOKIE\n"
 
@@ -72,7 +72,7 @@ def guest(tmp_path: Path, keys: Keys) -> Installing:
 def host_line(path: Path, keys: Keys, mode: str) -> str:
     """The refusal line discovery prints for ``path``, from the host's verifier."""
     with pytest.raises(Refusal) as info:
-        verify_signed(path, keys.store(revoked_digests()), PLATFORM, BootMode(mode), now=FLOOR)
+        verify_signed(path, keys.store(revoked_digests()), PLATFORM, BootMode(mode), now=FLOOR, running=RUNNING)
     return f"onie-discovery: refused {info.value.reason.value}: {info.value.detail}"
 
 

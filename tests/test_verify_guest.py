@@ -24,6 +24,7 @@ from builder.signing.format import BLOCK_SIZE, BootMode, Reason, Refusal
 from tests.conftest import require_qemu, require_tool, run_cli, unpack_initramfs
 from tests.tamper import (
     FLOOR,
+    RUNNING,
     MIN_VERSION,
     PLATFORM,
     ROOT,
@@ -89,7 +90,8 @@ def guest(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Guest:
 
 def host_reason(keys: Keys, path: Path, mode: str) -> str | None:
     try:
-        verify_signed(path, keys.store(revoked_digests()), PLATFORM, BootMode(mode))
+        verify_signed(path, keys.store(revoked_digests()), PLATFORM, BootMode(mode),
+                      running=RUNNING)
     except Refusal as exc:
         return exc.reason.value
     return None
@@ -138,7 +140,7 @@ def test_guest_details_match_the_host(keys: Keys, guest: Guest, tmp_path: Path) 
             continue
         try:
             verify_signed(path, keys.store(revoked_digests()), PLATFORM, BootMode(case.mode),
-                          now=None)
+                          now=None, running=RUNNING)
         except Refusal as exc:
             host = f"onie-discovery: refused {exc.reason.value}: {exc.detail}\n"
         rc, out = guest.verify(path, tmp_path / "out", case.mode)

@@ -131,13 +131,17 @@ def sign(installer: Path, output: Path | None, key_path: Path | None,
 @click.option("--mode", type=click.Choice(["install", "update", "embed", "rescue", "uninstall"]),
               default="install", show_default=True, help="The boot mode to check against.")
 @click.option("--now", type=int, default=None, help="The clock (UTC epoch) for expiry checks.")
+@click.option("--running-version", "running", type=int, default=None,
+              help="In update or embed mode: the version of the environment an updater would "
+                   "replace (its SOURCE_DATE_EPOCH); an updater must be newer. With --recipe "
+                   "the default is the recipe's build time; 0 turns the check off.")
 @click.option("--strip", "strip_to", type=click.Path(path_type=Path), default=None,
               help="Write the verified installer (without the signature) here; one FILE only.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON verdict per file.")
 @handle_errors
 def verify(files: tuple[Path, ...], recipe_name: str | None, key_paths: tuple[Path, ...],
-           platform: str | None, mode: str, now: int | None, strip_to: Path | None,
-           as_json: bool) -> None:
+           platform: str | None, mode: str, now: int | None, running: int | None,
+           strip_to: Path | None, as_json: bool) -> None:
     """Check signed installers exactly as the environment does before running one.
 
     Prints `FILE: ok ...` or `FILE: refused <reason>: <detail>` per file; exits 1 when any
@@ -153,7 +157,9 @@ def verify(files: tuple[Path, ...], recipe_name: str | None, key_paths: tuple[Pa
     if recipe_name is not None:
         path = find_recipe_file(recipe_name)
         recipe, _ = load_recipe(path)
-        store, platform = load_trust(recipe.trust, source_date_epoch(path)), recipe.platform_string
+        epoch = source_date_epoch(path)
+        store, platform = load_trust(recipe.trust, epoch), recipe.platform_string
+        running = epoch if running is None else running
     elif platform is None:
         raise BuildError("--key needs --platform (the platform string to check)")
     else:
@@ -163,7 +169,7 @@ def verify(files: tuple[Path, ...], recipe_name: str | None, key_paths: tuple[Pa
     verdicts, refused = [], 0
     for file in files:
         try:
-            verdict = verify_signed(file, store, platform, BootMode(mode), now)
+            verdict = verify_signed(file, store, platform, BootMode(mode), now, running or None)
         except Refusal as exc:
             refused += 1
             verdicts.append({"file": str(file), "ok": False, "reason": exc.reason.value,

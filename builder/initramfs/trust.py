@@ -20,6 +20,7 @@ from builder.signing.format import (
     BLOCK_SIZE,
     TRAILER_SIZE,
     BootMode,
+    ImageType,
     Reason,
     Refusal,
     Statement,
@@ -71,8 +72,12 @@ class Verdict:
 
 
 def verify_signed(path: Path, store: TrustStore, platform: str, mode: BootMode,
-                  now: int | None = None) -> Verdict:
-    """Check ``path`` as the guest does; raise a Refusal naming the first failed check."""
+                  now: int | None = None, running: int | None = None) -> Verdict:
+    """Check ``path`` as the guest does; raise a Refusal naming the first failed check.
+
+    ``running`` is the version of the environment an updater would replace (its build's
+    SOURCE_DATE_EPOCH, what its own updater is signed with): in the update and embed modes an
+    updater must be newer. None skips that check (an operator's explicit downgrade)."""
     block = read_block(path)
     statement = block.statement
     key_id = statement.key_id
@@ -83,14 +88,14 @@ def verify_signed(path: Path, store: TrustStore, platform: str, mode: BootMode,
         raise Refusal(Reason.UNKNOWN_KEY, f"key {key_id} is not trusted")
     if not key.verifies(block.signature, block.statement_bytes):
         raise Refusal(Reason.BAD_SIGNATURE, f"the signature does not verify with key {key_id}")
-    check_policy(statement, block.payload_size, store, platform, mode, now)
+    check_policy(statement, block.payload_size, store, platform, mode, now, running)
     if hash_payload(path, block.payload_size) != statement.sha256:
         raise Refusal(Reason.DIGEST_MISMATCH, "the payload's sha256 differs from the statement's")
     return Verdict(statement, key)
 
 
 def check_policy(statement: Statement, payload_size: int, store: TrustStore, platform: str,
-                 mode: BootMode, now: int | None) -> None:
+                 mode: BootMode, now: int | None, running: int | None = None) -> None:
     """The checks on a signed statement's values, in the guest's order."""
     if payload_size != statement.size:
         raise Refusal(Reason.SIZE_MISMATCH, f"the payload is {payload_size} bytes, the statement "
@@ -106,6 +111,9 @@ def check_policy(statement: Statement, payload_size: int, store: TrustStore, pla
     if statement.version < store.min_version:
         raise Refusal(Reason.ROLLBACK, f"version {statement.version} is below the floor "
                       f"{store.min_version}")
+    if running is not None and mode.image_type is ImageType.UPDATER and statement.version <= running:
+        raise Refusal(Reason.DOWNGRADE, f"version {statement.version} is not newer than the "
+                      f"running environment's {running}")
     clock = max(int(time.time()) if now is None else now, store.floor)
     if statement.not_after is not None and clock > statement.not_after:
         raise Refusal(Reason.EXPIRED, f"expired at {statement.not_after}, now {clock}")
@@ -151,6 +159,7 @@ def describe_trust(store: TrustStore) -> dict[str, Any]:
 
 
 def template_values(recipe: Recipe, source_date_epoch: int) -> dict[str, Any]:
-    """What templates/guest/lib/verify.sh.j2 needs: the trust store and the block's sizes."""
+    """What templates/guest/lib/verify.sh.j2 needs: the trust store, the block's sizes, and
+    the environment's own version (its updater is signed with SOURCE_DATE_EPOCH)."""
     return {"trust": load_trust(recipe.trust, source_date_epoch), "block_size": BLOCK_SIZE,
-            "trailer_size": TRAILER_SIZE}
+            "trailer_size": TRAILER_SIZE, "running_version": source_date_epoch}

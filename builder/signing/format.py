@@ -85,6 +85,7 @@ class Reason(enum.Enum):
     WRONG_IMAGE = "wrong-image"
     WRONG_PLATFORM = "wrong-platform"
     ROLLBACK = "rollback"
+    DOWNGRADE = "downgrade"
     EXPIRED = "expired"
     DIGEST_MISMATCH = "digest-mismatch"
 

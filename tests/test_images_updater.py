@@ -68,15 +68,29 @@ def test_updater_script_and_payload(built: Callable[[str], Path], tmp_path: Path
         assert parts["GRUB-BOOT"]["type"] == "21686148-6449-6E6F-744E-656564454649"
         assert "onie-boot.img" not in files and "mkfs.ext4 -q -F -L ONIE-BOOT" in script
         assert files["onie-boot/onie/version"] == b"x86_64-qemu_x86_64-r0 2026.11\n"
-        assert files["onie-boot/onie/vmlinuz"] == (image / "vmlinuz").read_bytes()
-        assert files["onie-boot/onie/initrd.img"] == (image / "initrd.img").read_bytes()
+        # The kernel and initramfs go into a slot (a on install, the other one on update).
+        assert files["onie-boot/onie/slot/version"] == b"x86_64-qemu_x86_64-r0 2026.11\n"
+        assert files["onie-boot/onie/slot/vmlinuz"] == (image / "vmlinuz").read_bytes()
+        assert files["onie-boot/onie/slot/initrd.img"] == (image / "initrd.img").read_bytes()
         env = files["onie-boot/grub/grubenv"]
-        assert len(env) == 1024 and env.startswith(b"# GRUB Environment Block\n")
+        assert len(env) == 1024 and env.startswith(
+            b"# GRUB Environment Block\nonie_slot=a\nonie_slot_a=2026.11\n#")
         menu = files["onie-boot/grub/grub.cfg"].decode()
         titles = re.findall(r"^menuentry '([^']+)' --id (\w+)", menu, re.M)
         assert titles == [("ONIE: Install OS", "install"), ("ONIE: Rescue", "rescue"),
                           ("ONIE: Uninstall OS", "uninstall"), ("ONIE: Update ONIE", "update"),
                           ("ONIE: Embed ONIE", "embed")]
+        assert re.findall(r'^menuentry "([^"]+)" --id (\w+)', menu, re.M) == [
+            ("ONIE: Install OS (previous version $onie_other_version)", "previous")]
+        assert menu.count("linux /onie/slot-${onie_run}/vmlinuz ") == 5
+        assert "linux /onie/slot-${onie_other}/vmlinuz " in menu
+        # What onie-uninstaller writes back: the MBR's boot code and each piece by sector.
+        assert files["onie-boot/onie/boot/boot-code.bin"] == files["head.img"][:440]
+        assert files["onie-boot/onie/boot/pieces"].decode().splitlines() == [
+            f"{parts['GRUB-BOOT']['start']} bios.img.gz GRUB-BOOT",
+            f"{parts['EFI System']['start']} esp.img.gz EFI System"]
+        assert gzip.decompress(files["onie-boot/onie/boot/esp.img.gz"]) == files["esp.img"]
+        assert gzip.decompress(files["onie-boot/onie/boot/bios.img.gz"]) == files["bios.img"]
         assert 'set onie_env="($root)/grub/grubenv"' in menu and 'load_env -f "$onie_env"' in menu
         # 50_onie_grub prints the entry a NOS appends to its grub.cfg: titled exactly ONIE.
         grub_d = tmp_path / "50_onie_grub"
@@ -89,7 +103,7 @@ def test_updater_script_and_payload(built: Callable[[str], Path], tmp_path: Path
                 updater.read_bytes()[len(script.encode()):]))) as tar:
             modes = {m.name: m.mode for m in tar.getmembers()}
         assert modes["onie-boot/onie/grub.d/50_onie_grub"] == 0o755
-        assert modes["onie-boot/onie/vmlinuz"] == 0o644
+        assert modes["onie-boot/onie/slot/vmlinuz"] == 0o644
         # GRUB's MBR code points at the core image in GRUB-BOOT.
         assert int.from_bytes(files["head.img"][0x5C:0x64], "little") == parts["GRUB-BOOT"]["start"]
         assert files["bios.img"][:4] != b"\0\0\0\0"

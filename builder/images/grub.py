@@ -117,5 +117,6 @@ def render_menu(recipe: Recipe, values: dict[str, Any]) -> str:
         "speed": recipe.platform.console.speed,
         "timeout": recipe.images.grub_timeout,
         "modes": False,
+        "slots": False,
         **values,
     })

@@ -12,6 +12,7 @@ reads only its own bytes, so the appended signature block does not disturb it.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import tarfile
@@ -27,6 +28,7 @@ from builder.images.context import ImageContext
 from builder.images.disk import MIB, SECTOR, Layout, make_gpt, make_layout
 from builder.images.fat import make_vfat
 from builder.images.grub import (
+    MBR_CODE,
     make_boot_code,
     make_core,
     place_core,
@@ -40,6 +42,7 @@ from builder.render import make_environment, render_template
 BOOT_LABEL = "ONIE-BOOT"
 WHY = "to build the updater's boot loaders"
 BOOT_FOLDER = "onie-boot"  # in the payload: the files of the x86 ONIE-BOOT file system
+SLOT_PATH = "onie/slot-${onie_run}"  # on ONIE-BOOT: the slot grub.cfg boots (a or b)
 EXECUTABLES = frozenset({f"{BOOT_FOLDER}/onie/grub.d/50_onie_grub"})
 # ONIE's menu titles (docs/onie-contract.md, G8) and the boot_reason each passes.
 DISK_MODES = (("Install OS", "install"), ("Rescue", "rescue"), ("Uninstall OS", "uninstall"),
@@ -96,7 +99,7 @@ def make_updater_file(recipe: Recipe, context: ImageContext, out: Path) -> Path:
         head, tail = make_gpt(layout, recipe.platform_string, work)
         if recipe.platform.arch.value == "x86_64":
             head, pieces = make_x86_pieces(recipe, context, layout, head, work)
-            boot_files = make_boot_files(recipe, context)
+            boot_files = {**make_boot_files(recipe, context), **make_restore_files(layout, head, pieces)}
         else:
             pieces = make_arm64_pieces(recipe, context, layout, work)
     files = {"head.img": head, "tail.img": tail, **{p.file: p.data for p in pieces},
@@ -137,18 +140,38 @@ def make_x86_pieces(recipe: Recipe, context: ImageContext, layout: Layout, head:
 
 def make_boot_files(recipe: Recipe, context: ImageContext) -> dict[str, bytes]:
     """What goes onto the x86 ONIE-BOOT file system (docs/onie-contract.md): the kernel and
-    initramfs, GRUB's menu and environment block, and ``onie/grub.d/50_onie_grub``."""
+    initramfs (``onie/slot/``: the updater puts them in slot a or b), GRUB's menu and
+    environment block (slot a confirmed), and ``onie/grub.d/50_onie_grub``."""
     menu = render_menu(recipe, {
-        "medium": "disk", "kernel": "/onie/vmlinuz", "modes": True,
-        "entries": disk_entries(context, "/onie/initrd.img")})
+        "medium": "disk", "kernel": f"/{SLOT_PATH}/vmlinuz", "modes": True, "slots": True,
+        "entries": disk_entries(context)})
     env = make_environment(recipe.templates)
     grub_d = render_template(env, "images/50_onie_grub.j2", {
         "platform": recipe.platform, "builder_version": __version__})
-    return {"grub/grub.cfg": menu.encode(), "grub/grubenv": render_grubenv({}),
+    version = f"{recipe.platform_string} {recipe.version}\n".encode()
+    return {"grub/grub.cfg": menu.encode(),
+            "grub/grubenv": render_grubenv({"onie_slot": "a", "onie_slot_a": recipe.version}),
             "onie/grub.d/50_onie_grub": grub_d.encode(),
-            "onie/vmlinuz": context.kernel.read_bytes(),
-            "onie/initrd.img": context.initramfs.read_bytes(),
-            "onie/version": f"{recipe.platform_string} {recipe.version}\n".encode()}
+            "onie/slot/vmlinuz": context.kernel.read_bytes(),
+            "onie/slot/initrd.img": context.initramfs.read_bytes(),
+            "onie/slot/version": version,
+            "onie/version": version}
+
+
+def make_restore_files(layout: Layout, head: bytes, pieces: list[Piece]) -> dict[str, bytes]:
+    """ONIE's boot loader as laid out, kept on ONIE-BOOT in ``onie/boot/`` for
+    onie-uninstaller, which writes it back over a NOS's (docs/modes.md): the MBR's boot code,
+    on msdos the core image in the MBR gap, and each partition piece (GRUB-BOOT, the ESP),
+    gzip'd (they are mostly zeros) and listed in ``onie/boot/pieces`` by start sector."""
+    files = {"onie/boot/boot-code.bin": head[:MBR_CODE]}
+    index = []
+    if layout.table == "msdos":
+        files["onie/boot/mbr-gap.img.gz"] = gzip.compress(head[SECTOR:MIB * SECTOR], 9, mtime=0)
+    for piece in pieces:
+        files[f"onie/boot/{piece.file}.gz"] = gzip.compress(piece.data, 9, mtime=0)
+        index.append(f"{piece.start} {piece.file}.gz {piece.name}\n")
+    files["onie/boot/pieces"] = "".join(index).encode()
+    return files
 
 
 def make_arm64_pieces(recipe: Recipe, context: ImageContext, layout: Layout,
@@ -174,12 +197,27 @@ def make_boot_piece(recipe: Recipe, context: ImageContext, layout: Layout,
     return Piece(part.name, "onie-boot.img", part.start, image.read_bytes())
 
 
-def disk_entries(context: ImageContext, initrd: str) -> list[dict[str, object]]:
-    """The GRUB menu of an installed disk, ONIE's five modes with ONIE's titles (install is
-    the default); each entry's id is its mode, which grubenv's ``onie_mode`` names."""
-    return [{"title": f"ONIE: {title}", "id": mode, "initrds": [initrd],
-             "cmdline": [*context.cmdline.split(), f"boot_reason={mode}"]}
-            for title, mode in DISK_MODES]
+def disk_entries(context: ImageContext) -> list[dict[str, object]]:
+    """The GRUB menu of an installed disk: ONIE's five modes with ONIE's titles (install is
+    the default; each entry's id is its mode, which grubenv's ``onie_mode`` names), booting
+    the slot chosen by grub.cfg's slot logic, then install mode of the other slot's version
+    when it holds one (the fallback entry)."""
+    raw = ["onie_slot=$onie_run", "onie_grubenv_mode=$onie_picked", "$onie_trying", "$onie_fell_back"]
+    entries: list[dict[str, object]] = [
+        {"title": f"ONIE: {title}", "id": mode, "initrds": [f"/{SLOT_PATH}/initrd.img"],
+         "cmdline": [*context.cmdline.split(), f"boot_reason={mode}"], "raw": raw}
+        for title, mode in DISK_MODES]
+    other = "/onie/slot-${onie_other}"
+    entries.append({
+        "title": "ONIE: Install OS (previous version)", "id": "previous",
+        "title_grub": '"ONIE: Install OS (previous version $onie_other_version)"',
+        "loading_grub": '"Loading ONIE $onie_other_version from slot $onie_other ..."',
+        "comment": "The other slot's version, when it holds one: the way back after an update.",
+        "when": '[ -n "$onie_other_version" ]',
+        "kernel": f"{other}/vmlinuz", "initrds": [f"{other}/initrd.img"],
+        "cmdline": [*context.cmdline.split(), "boot_reason=install"],
+        "raw": ["onie_slot=$onie_other", "onie_grubenv_mode=none"]})
+    return entries
 
 
 def make_payload(files: dict[str, bytes], epoch: int, executable: frozenset[str] = frozenset()) -> bytes:

@@ -72,7 +72,8 @@ def guest(tmp_path: Path, keys: Keys) -> Installing:
 def host_line(path: Path, keys: Keys, mode: str) -> str:
     """The refusal line discovery prints for ``path``, from the host's verifier."""
     with pytest.raises(Refusal) as info:
-        verify_signed(path, keys.store(revoked_digests()), PLATFORM, BootMode(mode), now=FLOOR, running=RUNNING)
+        verify_signed(path, keys.store(revoked_digests()), PLATFORM, BootMode(mode), now=FLOOR,
+                      running=RUNNING)
     return f"onie-discovery: refused {info.value.reason.value}: {info.value.detail}"
 
 

@@ -24,10 +24,10 @@ from builder.signing.format import BLOCK_SIZE, BootMode, Reason, Refusal
 from tests.conftest import require_qemu, require_tool, run_cli, unpack_initramfs
 from tests.tamper import (
     FLOOR,
-    RUNNING,
     MIN_VERSION,
     PLATFORM,
     ROOT,
+    RUNNING,
     Case,
     Keys,
     make_keys,

@@ -241,3 +241,44 @@ def test_onie_boot_rc_does_nothing_without_a_disk(tmp_path: Path) -> None:
     (tmp_path / "block" / "vdz1" / "uevent").write_text("DEVNAME=vdz1\nPARTNAME=ONIE-BOOT\n")
     proc = guest.sh(str(rc))
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+
+
+def slot_rc(guest: Guest, cmdline: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run /etc/rc.d/S90onie-slot with ``cmdline`` over a grubenv holding ``env``."""
+    grub = guest.onie_boot / "grub"
+    grub.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["grub-editenv", grub / "grubenv", "create"], check=True)
+    if env:
+        subprocess.run(["grub-editenv", grub / "grubenv", "set",
+                        *(f"{k}={v}" for k, v in env.items())], check=True)
+    guest.cmdline.write_text(f"console=ttyS0 {cmdline}\n")
+    rc = guest.install("S90onie-slot", guest.render("guest/etc/slot-rc.j2"))
+    return out(guest.sh(str(rc)))
+
+
+def test_slot_rc_confirms_a_trial_boot(x86: Guest) -> None:
+    slot = x86.onie_boot / "onie" / "slot-b"
+    slot.mkdir(parents=True)
+    (slot / "version").write_text("x86_64-qemu_x86_64-r0 2026.11\n")
+    before = {"onie_slot": "a", "onie_slot_a": "2026.10", "onie_slot_b": "2026.11",
+              "onie_tried": "b", "onie_mode": "install"}
+    assert slot_rc(x86, "boot_reason=install onie_slot=b onie_trial=b", before) == (
+        0, "onie: update confirmed: slot b (ONIE 2026.11) reached discovery and boots by "
+           "default now\n")
+    assert grubenv(x86) == {"onie_slot": "b", "onie_slot_a": "2026.10", "onie_slot_b": "2026.11",
+                            "onie_mode": "install"}
+    assert (x86.onie_boot / "onie" / "version").read_text() == "x86_64-qemu_x86_64-r0 2026.11\n"
+
+
+def test_slot_rc_says_a_trial_fell_back(x86: Guest) -> None:
+    before = {"onie_slot": "a", "onie_slot_a": "2026.11", "onie_slot_b": "2026.12", "onie_tried": "b"}
+    assert slot_rc(x86, "boot_reason=install onie_slot=a onie_fallback_from=b", before) == (
+        0, "onie: the update to ONIE 2026.12 (slot b) did not reach discovery on its trial boot: "
+           "running slot a (ONIE 2026.11), the previous version\n")
+    assert grubenv(x86) == {"onie_slot": "a", "onie_slot_a": "2026.11", "onie_slot_b": "2026.12"}
+
+
+def test_slot_rc_does_nothing_on_an_ordinary_boot(x86: Guest) -> None:
+    before = {"onie_slot": "a", "onie_slot_a": "2026.11"}
+    assert slot_rc(x86, "boot_reason=install onie_slot=a onie_trial=c", before) == (0, "")
+    assert grubenv(x86) == before

@@ -4,6 +4,7 @@ grub-mknetdir tree) running the bundle's grub.cfg, both over TFTP from dnsmasq."
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -47,7 +48,10 @@ def test_grub_menus_pass_grub_script_check(built: Callable[[str], Path], tmp_pat
     for name, text in menus.items():
         (tmp_path / f"{name}.cfg").write_text(text)
         subprocess.run([check, str(tmp_path / f"{name}.cfg")], check=True)
-    assert menus["iso"].count("menuentry ") == 3 and "boot_reason=embed" in menus["iso"]
+    # ONIE's five modes (#17): install, rescue and embed first, as they were.
+    assert re.findall(r"boot_reason=(\w+)", menus["iso"]) == [
+        "install", "rescue", "embed", "uninstall", "update"]
+    assert menus["iso"].count("menuentry ") == 5
     assert "initrd /boot/initrd.img /boot/embed.cpio" in menus["iso"]
 
 

@@ -92,6 +92,9 @@ def test_updater_script_and_payload(built: Callable[[str], Path], tmp_path: Path
         assert gzip.decompress(files["onie-boot/onie/boot/esp.img.gz"]) == files["esp.img"]
         assert gzip.decompress(files["onie-boot/onie/boot/bios.img.gz"]) == files["bios.img"]
         assert 'set onie_env="($root)/grub/grubenv"' in menu and 'load_env -f "$onie_env"' in menu
+        check = require_tool("grub-script-check", "to check GRUB menus (grub-common)")
+        (tmp_path / "disk.cfg").write_text(menu)
+        subprocess.run([check, str(tmp_path / "disk.cfg")], check=True)
         # 50_onie_grub prints the entry a NOS appends to its grub.cfg: titled exactly ONIE.
         grub_d = tmp_path / "50_onie_grub"
         grub_d.write_bytes(files["onie-boot/onie/grub.d/50_onie_grub"])

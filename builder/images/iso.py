@@ -80,7 +80,10 @@ def lay_out_files(recipe: Recipe, staging: Path, context: ImageContext, root: Pa
             ("Install OS", "install", ["/boot/initrd.img"]),
             ("Rescue", "rescue", ["/boot/initrd.img"]),
             ("Embed ONIE (install it onto this switch's disk)", "embed",
-             ["/boot/initrd.img", "/boot/embed.cpio"]))]})
+             ["/boot/initrd.img", "/boot/embed.cpio"]),
+            # ONIE's other modes, after those three (their places are known to users and tests).
+            ("Uninstall OS (erase the NOS from this switch's disk)", "uninstall", ["/boot/initrd.img"]),
+            ("Update ONIE (find an updater for this switch's disk)", "update", ["/boot/initrd.img"]))]})
     (grub / "grub.cfg").write_text(menu)
 
 

@@ -141,6 +141,10 @@ def build_cases(keys: Keys) -> list[tuple[Case, bytes]]:
         (Case("good-updater", None, "update"), lambda: signed(p("good-updater"), b,
                                                                 image=ImageType.UPDATER,
                                                                 version=FLOOR + 1)),
+        (Case("good-firmware", None, "firmware"), lambda: signed(p("good-firmware"), c,
+                                                                  image=ImageType.FIRMWARE)),
+        (Case("firmware-in-update-mode", "wrong-image", "update"),
+         lambda: signed(p("firmware-in-update"), a, image=ImageType.FIRMWARE, version=FLOOR + 1)),
         # The environment's own version is FLOOR (its build's SOURCE_DATE_EPOCH): not newer.
         (Case("updater-not-newer", "downgrade", "update"),
          lambda: signed(p("updater-not-newer"), a, image=ImageType.UPDATER, version=FLOOR)),

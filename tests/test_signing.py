@@ -55,7 +55,8 @@ def test_statement_is_canonical() -> None:
     (GOOD.replace("version=7", "version=1234567890123456789"),
      "statement version: expected a decimal number"),
     (GOOD.replace("size=12", "size=-1"), "statement size: expected a decimal number"),
-    (GOOD.replace("image=installer", "image=nos"), "statement image: expected installer or updater"),
+    (GOOD.replace("image=installer", "image=nos"),
+     "statement image: expected installer, updater or firmware"),
     (GOOD.replace("/1", "/2"), "statement format: expected onie-signed-installer/1"),
     (GOOD.replace(PLATFORM, f"{PLATFORM}  x"), "statement platforms: expected '*' or platform "
      "names ([a-z0-9_-]) separated by single spaces"),

@@ -83,8 +83,9 @@ def parse_epoch(value: str | None) -> int | None:
               help="The installer's version: an integer that only grows (rollback floor).")
 @click.option("--platform", "platforms", multiple=True, required=True,
               help="A platform string it may run on (repeat), or '*' for any.")
-@click.option("--type", "image_type", type=click.Choice(["installer", "updater"]),
-              default="installer", show_default=True, help="NOS installer or updater.")
+@click.option("--type", "image_type", type=click.Choice(["installer", "updater", "firmware"]),
+              default="installer", show_default=True,
+              help="NOS installer, updater, or firmware package (onie-fwpkg).")
 @click.option("--not-after", default=None,
               help="Expiry: a UTC epoch or ISO 8601 date/time.")
 @handle_errors
@@ -128,8 +129,10 @@ def sign(installer: Path, output: Path | None, key_path: Path | None,
 @click.option("--key", "key_paths", multiple=True, type=click.Path(path_type=Path),
               help="Instead of --recipe: a trusted public key (repeat).")
 @click.option("--platform", default=None, help="With --key: the platform string to check.")
-@click.option("--mode", type=click.Choice(["install", "update", "embed", "rescue", "uninstall"]),
-              default="install", show_default=True, help="The boot mode to check against.")
+@click.option("--mode", type=click.Choice(["install", "update", "embed", "rescue", "uninstall",
+                                          "firmware"]),
+              default="install", show_default=True,
+              help="The boot mode to check against (firmware: as onie-fwpkg checks a package).")
 @click.option("--now", type=int, default=None, help="The clock (UTC epoch) for expiry checks.")
 @click.option("--running-version", "running", type=int, default=None,
               help="In update or embed mode: the version of the environment an updater would "

@@ -59,7 +59,10 @@ TEMPLATES = (
     ("guest/commands/support.sh.j2", "/bin/onie-support", 0o755),
     ("guest/commands/boot-mode.sh.j2", "/bin/onie-boot-mode", 0o755),
     ("guest/commands/nos-mode.sh.j2", "/bin/onie-nos-mode", 0o755),
-    # Modes (docs/modes.md): an updated slot confirmed once it gets as far as discovery.
+    # Modes (docs/modes.md): firmware packages staged and applied by an update boot; an
+    # updated slot confirmed once it gets as far as discovery.
+    ("guest/commands/fwpkg.sh.j2", "/bin/onie-fwpkg", 0o755),
+    ("guest/etc/fwpkg-rc.j2", "/etc/rc.d/S50onie-fwpkg", 0o755),
     ("guest/etc/slot-rc.j2", "/etc/rc.d/S90onie-slot", 0o755),
 )
 # (template, path, mode, platform key): rendered only when the recipe sets that key.

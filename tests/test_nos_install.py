@@ -129,7 +129,7 @@ def test_nos_installer_installs_and_both_boot(images: Callable[[str], Path], nam
         assert (boot["start"], boot["type"], boot.get("bootable")) == (2048, "83", True)
     start, size = partition_bytes(boot)
     assert ext4_read(disk, start, size, "/onie/version") == f"{PLATFORM} 2026.11\n".encode()
-    assert ext4_read(disk, start, size, "/onie/vmlinuz") == (image / "vmlinuz").read_bytes()
+    assert ext4_read(disk, start, size, "/onie/slot-a/vmlinuz") == (image / "vmlinuz").read_bytes()
     assert ext4_read(disk, start, size, "/grub/grubenv").startswith(b"# GRUB Environment Block\n")
     assert ext4_read(disk, start, size, "/onie/grub.d/50_onie_grub").startswith(b"#!/bin/sh\n")
     machine = ext4_read(disk, start, size, "/onie/grub/grub-machine.cfg").decode()
@@ -186,8 +186,10 @@ def test_nos_installer_installs_and_both_boot(images: Callable[[str], Path], nam
     argv = x86_command(*fw, *uninstall_boot, "-nic", "none")
     with Console.start(argv, tmp_path / "uninstall.log") as console:
         choose_grub_entry(console, 1)
-        console.expect(r"ONIE: Install OS", 60)
-        choose_grub_entry(console, 2)  # Install OS, Rescue, Uninstall OS, Update ONIE, Embed ONIE
+        # The environment's menu (its help text comes before its entries): Install OS, Rescue,
+        # Uninstall OS, Update ONIE, Embed ONIE.
+        choose_grub_entry(console, 2)
+        console.expect(r"ONIE: Uninstall OS", 60)
         console.expect(f"ONIE environment \\S+ for {PLATFORM}", 300)
         console.expect(f"onie-uninstaller: uninstalling: erasing every partition of /dev/vda \\({table}\\)",
                        120)

@@ -1,7 +1,8 @@
 """A test NOS and its installer, written the way NOS installers for ONIE are (SONiC's, ONIE's
 demo): a self-extracting shell archive whose install.sh checks it runs under ONIE
 (/etc/lsb-release, /etc/machine.conf, onie-sysinfo -p), finds the ONIE disk with blkid, adds
-its partition after the last one with sgdisk, makes ext4, installs GRUB with grub-install
+its partition after the last one with sgdisk (and a diagnostics partition after it, marked as
+ONIE marks them), makes ext4, installs GRUB with grub-install
 (BIOS or UEFI, as the machine booted) and appends what ONIE's 50_onie_grub prints to its
 grub.cfg. The NOS itself is the environment's own kernel with a tiny initramfs that prints
 ``TEST-NOS <tag> booted`` and powers off.
@@ -44,29 +45,44 @@ say "ONIE-BOOT is $boot_dev on $disk"
 
 # 3. A partition after the last one, ext4: sgdisk on GPT, parted on msdos (as ONIE's demo).
 table=$(onie-sysinfo -t)
-if [ "$table" = msdos ]; then
-    table_now=$(parted -s -m "$disk" unit s print)
-    part=$(( $(echo "$table_now" | grep -c '^[0-9][0-9]*:') + 1 ))
-    last_end=$(echo "$table_now" | awk -F: '/^[0-9]+:/ {{ e = $3 }} END {{ sub("s", "", e); print e }}')
-    parted -s "$disk" unit s mkpart primary ext4 $((last_end + 1))s $((last_end + 131072))s
-else
-    last=$(sgdisk -p "$disk" | awk '/^ +[0-9]+ / {{ n = $1 }} END {{ print n }}')
-    part=$((last + 1))
-    sgdisk --new=$part::+64M --change-name=$part:NOS-ROOT --typecode=$part:8300 "$disk" > /dev/null
-fi
-partprobe "$disk"
-nos_dev=
-for q in /sys/class/block/"$disk_name"/"$disk_name"*; do
-    [ "$(cat "$q/partition")" = "$part" ] && nos_dev=/dev/${{q##*/}}
-done
-[ -b "$nos_dev" ] || {{ say "no device for partition $part"; exit 1; }}
-mkfs.ext4 -q -F -L NOS-ROOT "$nos_dev"
+# add_partition NAME MIB: sets part (its number) and dev (its device), formatted as ext4.
+add_partition() {{
+    if [ "$table" = msdos ]; then
+        table_now=$(parted -s -m "$disk" unit s print)
+        part=$(( $(echo "$table_now" | grep -c '^[0-9][0-9]*:') + 1 ))
+        last_end=$(echo "$table_now" | awk -F: '/^[0-9]+:/ {{ e = $3 }} END {{ sub("s", "", e); print e }}')
+        parted -s "$disk" unit s mkpart primary ext4 $((last_end + 1))s $((last_end + $2 * 2048))s
+    else
+        last=$(sgdisk -p "$disk" | awk '/^ +[0-9]+ / {{ n = $1 }} END {{ print n }}')
+        part=$((last + 1))
+        sgdisk --new=$part::+$2M --change-name=$part:$1 --typecode=$part:8300 "$disk" > /dev/null
+    fi
+    partprobe "$disk"
+    dev=
+    for q in /sys/class/block/"$disk_name"/"$disk_name"*; do
+        [ "$(cat "$q/partition")" = "$part" ] && dev=/dev/${{q##*/}}
+    done
+    [ -b "$dev" ] || {{ say "no device for partition $part"; exit 1; }}
+    mkfs.ext4 -q -F -L "$1" "$dev"
+}}
+add_partition NOS-ROOT 64
+nos_dev=$dev
 mkdir -p /mnt/nos
 mount -t ext4 "$nos_dev" /mnt/nos
 mkdir -p /mnt/nos/nos /mnt/nos/boot
 cp "$here/nos-vmlinuz" /mnt/nos/nos/vmlinuz
 cp "$here/nos-initrd" /mnt/nos/nos/initrd.img
 say "partition $part ($nos_dev) ready on $table"
+
+# 3b. A diagnostics partition, marked the way ONIE marks them (GPT: a name ending -DIAG and
+# attribute bit 0; msdos: an ext4 label ending -DIAG): uninstall keeps it.
+add_partition NOS-DIAG 8
+[ "$table" = msdos ] || sgdisk -A $part:set:0 "$disk" > /dev/null
+mkdir -p /mnt/diag
+mount -t ext4 "$dev" /mnt/diag
+echo "diagnostics of {tag}" > /mnt/diag/diag.txt
+umount /mnt/diag
+say "diagnostics partition $part ($dev) ready"
 
 # 4. GRUB: BIOS into the MBR and GRUB-BOOT, UEFI onto the ESP's removable path.
 if [ -d /sys/firmware/efi ]; then

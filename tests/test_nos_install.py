@@ -3,10 +3,12 @@ onto the disk of a QEMU guest whose environment was embedded on that disk first;
 boots the NOS, and its ONIE entry (from 50_onie_grub) boots back into the environment. Under
 SeaBIOS and under OVMF.
 
-Per firmware, four boots of one disk: the ISO's embed entry lays the environment out (GPT
+Per firmware, five boots of one disk: the ISO's embed entry lays the environment out (GPT
 sized for the whole disk); the disk boots the environment, whose discovery finds the NOS
-installer by DHCP option 114 in the test's namespace and runs it; the disk boots the NOS by
-default; the NOS's menu entry "ONIE" opens the environment's menu, which boots install mode.
+installer by DHCP option 114 in the test's namespace and runs it (a NOS partition and a
+diagnostics one); the disk boots the NOS by default; the NOS's menu entry "ONIE" opens the
+environment's menu, whose "Uninstall OS" entry erases the NOS (#17) and reboots; the disk then
+boots the environment's GRUB in install mode.
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ def test_nos_installer_installs_and_both_boot(images: Callable[[str], Path], nam
         assert (boot["start"], boot["type"], boot.get("bootable")) == (2048, "83", True)
     start, size = partition_bytes(boot)
     assert ext4_read(disk, start, size, "/onie/version") == f"{PLATFORM} 2026.11\n".encode()
-    assert ext4_read(disk, start, size, "/onie/vmlinuz") == (image / "vmlinuz").read_bytes()
+    assert ext4_read(disk, start, size, "/onie/slot-a/vmlinuz") == (image / "vmlinuz").read_bytes()
     assert ext4_read(disk, start, size, "/grub/grubenv").startswith(b"# GRUB Environment Block\n")
     assert ext4_read(disk, start, size, "/onie/grub.d/50_onie_grub").startswith(b"#!/bin/sh\n")
     machine = ext4_read(disk, start, size, "/onie/grub/grub-machine.cfg").decode()
@@ -151,19 +153,22 @@ def test_nos_installer_installs_and_both_boot(images: Callable[[str], Path], nam
         assert found.group(2) == "install"
         uefi = "uefi" if firmware == "uefi" else "bios"
         console.expect(f"NOS-INSTALLER nos: platform {PLATFORM} firmware {uefi}", 240)
-        nos_part = 4 if table == "gpt" else 2
-        console.expect(f"NOS-INSTALLER nos: ONIE-BOOT is /dev/vda{nos_part - 1} on /dev/vda", 30)
-        console.expect(f"NOS-INSTALLER nos: partition {nos_part} \\(/dev/vda{nos_part}\\) ready on {table}",
+        number = 4 if table == "gpt" else 2
+        console.expect(f"NOS-INSTALLER nos: ONIE-BOOT is /dev/vda{number - 1} on /dev/vda", 30)
+        console.expect(f"NOS-INSTALLER nos: partition {number} \\(/dev/vda{number}\\) ready on {table}",
                        120)
         console.expect(r"NOS-INSTALLER nos: installed", 240)
         console.expect(r"reboot: Power down", 120)
         assert console.proc.wait(60) == 0
+    installed = partition_table(disk)["partitions"]
     if table == "gpt":
-        assert list(partitions(disk)) == ["GRUB-BOOT", "EFI System", "ONIE-BOOT", "NOS-ROOT"]
-        check = subprocess.run(["sgdisk", "-v", str(disk)], capture_output=True, text=True)
-        assert "No problems found" in check.stdout, check.stdout
+        assert [p["name"] for p in installed] == ["GRUB-BOOT", "EFI System", "ONIE-BOOT", "NOS-ROOT",
+                                                  "NOS-DIAG"]
+        assert "Attribute flags: 0000000000000001" in sgdisk("-i", "5", disk)
+        assert "No problems found" in sgdisk("-v", disk)
     else:
-        assert [p["type"] for p in partition_table(disk)["partitions"]] == ["83", "83"]
+        assert [p["type"] for p in installed] == ["83", "83", "83"]
+    nos, diag = installed[-2:]
 
     # 3. The disk boots the NOS by default.
     with Console.start(x86_command(*fw, *disk_boot, "-nic", "none"), tmp_path / "nos.log") as console:
@@ -171,10 +176,68 @@ def test_nos_installer_installs_and_both_boot(images: Callable[[str], Path], nam
         assert console.proc.wait(120) == 0
 
     # 4. The NOS's "ONIE" entry (what 50_onie_grub printed) opens the environment's menu,
-    #    whose default is install mode.
-    with Console.start(x86_command(*fw, *disk_boot, "-nic", "none"), tmp_path / "onie.log") as console:
+    #    whose default is install mode; its "Uninstall OS" entry erases the NOS and reboots.
+    #    One firmware's disk passes guest discards to the image file (QEMU's discard=unmap):
+    #    the others ignore them (QEMU's default), so the uninstaller overwrites.
+    unmap = firmware == "bios" and table == "gpt"
+    drive_options = ",discard=unmap" if unmap else ""
+    uninstall_boot = ["-drive", f"file={disk},format=raw,if=none,id=d0{drive_options}",
+                      "-device", "virtio-blk-pci,drive=d0,bootindex=1"]
+    argv = x86_command(*fw, *uninstall_boot, "-nic", "none")
+    with Console.start(argv, tmp_path / "uninstall.log") as console:
         choose_grub_entry(console, 1)
-        console.expect(r"ONIE: Install OS", 60)
+        # The environment's menu (its help text comes before its entries): Install OS, Rescue,
+        # Uninstall OS, Update ONIE, Embed ONIE.
+        choose_grub_entry(console, 2)
+        console.expect(r"ONIE: Uninstall OS", 60)
+        console.expect(f"ONIE environment \\S+ for {PLATFORM}", 300)
+        console.expect(f"onie-uninstaller: uninstalling: erasing every partition of /dev/vda \\({table}\\)",
+                       120)
+        nos_part = f"vda{len(installed) - 1}"  # sfdisk -J names the image file's partitions
+        console.expect(f"onie-uninstaller: {nos_part} \\(NOS-ROOT, 64 MiB\\): erasing", 60)
+        how = console.expect(f"onie-uninstaller: {nos_part}: erased by (\\S+) and deleted", 300).group(1)
+        assert how == "discard" if unmap else how.endswith("overwrite"), how
+        console.expect(r"onie-uninstaller: boot loader: ONIE's boot code in the MBR", 60)
+        console.expect(r"onie-uninstaller: boot mode: install; NOS mode cleared", 60)
+        erased = f"onie-uninstaller:   erased /dev/{nos_part} NOS-ROOT \\(64 MiB\\) by {re.escape(how)}"
+        console.expect(erased, 30)
+        console.expect(f"onie-uninstaller:   kept   /dev/vda{len(installed)} NOS-DIAG: diagnostics", 30)
+        console.expect(r"onie-uninstaller: done, rebooting", 60)
+        console.expect(r"reboot: Restarting system", 60)
+        assert console.proc.wait(60) == 0
+    check_uninstalled(disk, table, installed, nos, diag)
+
+    # 5. The disk boots ONIE's GRUB again, in install mode: discovery starts.
+    with Console.start(x86_command(*fw, *disk_boot, "-nic", "none"), tmp_path / "after.log") as console:
+        console.expect(r"ONIE: Install OS", 120)
         found = expect_environment(console, PLATFORM, 300)
         assert found.group(2) == "install"
     assert os.path.getsize(disk) == DISK_MIB << 20
+
+
+def sgdisk(*args: str | Path) -> str:
+    return subprocess.run(["sgdisk", *map(str, args)], capture_output=True, check=True, text=True).stdout
+
+
+def check_uninstalled(disk: Path, table: str, installed: list[dict[str, Any]], nos: dict[str, Any],
+                      diag: dict[str, Any]) -> None:
+    """Only the environment's partitions and the diagnostics one are left, the diagnostics'
+    content intact; the NOS partition's former bytes are zeros; the MBR holds ONIE's boot code
+    and ONIE-BOOT's grubenv says install mode, no NOS."""
+    left = partition_table(disk)["partitions"]
+    assert [(p["start"], p["size"]) for p in left] == [
+        (p["start"], p["size"]) for p in installed if p is not nos]
+    if table == "gpt":
+        assert [p["name"] for p in left] == ["GRUB-BOOT", "EFI System", "ONIE-BOOT", "NOS-DIAG"]
+        assert "No problems found" in sgdisk("-v", disk)
+    assert ext4_read(disk, *partition_bytes(diag), "/diag.txt") == b"diagnostics of nos\n"
+    start, size = partition_bytes(nos)
+    with disk.open("rb") as f:
+        f.seek(start)
+        former = f.read(size)
+    assert former.count(0) == size, "the NOS partition's former bytes are not all zeros"
+    boot = partition_bytes(installed[-3])
+    with disk.open("rb") as f:
+        assert f.read(440) == ext4_read(disk, *boot, "/onie/boot/boot-code.bin")
+    grubenv = ext4_read(disk, *boot, "/grub/grubenv").decode()
+    assert "onie_mode=install\n" in grubenv and "onie_nos_mode" not in grubenv, grubenv

@@ -64,6 +64,9 @@ TEMPLATES = (
     ("guest/commands/fwpkg.sh.j2", "/bin/onie-fwpkg", 0o755),
     ("guest/etc/fwpkg-rc.j2", "/etc/rc.d/S50onie-fwpkg", 0o755),
     ("guest/etc/slot-rc.j2", "/etc/rc.d/S90onie-slot", 0o755),
+    # Uninstall mode (docs/modes.md): the command, and the rc script that runs it.
+    ("guest/commands/uninstaller.sh.j2", "/bin/onie-uninstaller", 0o755),
+    ("guest/etc/uninstall-rc.j2", "/etc/rc.d/S10uninstall", 0o755),
 )
 # (template, path, mode, platform key): rendered only when the recipe sets that key.
 PLATFORM_TEMPLATES = (

@@ -97,8 +97,13 @@ if [ -d /sys/firmware/efi ]; then
     for q in /sys/class/block/"$disk_name"/"$disk_name"*; do
         [ "$(cat "$q/partition")" = "$esp" ] && mount "/dev/${{q##*/}}" /mnt/esp
     done
+    # As SONiC does: its own folder on the ESP and an NVRAM boot entry first in BootOrder;
+    # and the removable path too, so the firmware boots the NOS whichever entry it tries.
+    grub-install --target=x86_64-efi --efi-directory=/mnt/esp --boot-directory=/mnt/nos/boot \
+        --bootloader-id=testnos "$disk"
     grub-install --target=x86_64-efi --efi-directory=/mnt/esp --boot-directory=/mnt/nos/boot \
         --bootloader-id=testnos --removable --no-nvram "$disk"
+    efibootmgr | grep -q ' testnos$' || {{ say "no NVRAM boot entry testnos"; exit 1; }}
     umount /mnt/esp
 else
     grub-install --target=i386-pc --boot-directory=/mnt/nos/boot "$disk"

@@ -198,6 +198,9 @@ def test_nos_installer_installs_and_both_boot(images: Callable[[str], Path], nam
         how = console.expect(f"onie-uninstaller: {nos_part}: erased by (\\S+) and deleted", 300).group(1)
         assert how == "discard" if unmap else how.endswith("overwrite"), how
         console.expect(r"onie-uninstaller: boot loader: ONIE's boot code in the MBR", 60)
+        if firmware == "uefi":  # the NOS's NVRAM entry (grub-install --bootloader-id=testnos)
+            console.expect(r"onie-uninstaller: NVRAM: deleted boot entry [0-9A-F]{4} "
+                           r"\(\\efi\\testnos\\grubx64\.efi on this disk's ESP\)", 60)
         console.expect(r"onie-uninstaller: boot mode: install; NOS mode cleared", 60)
         erased = f"onie-uninstaller:   erased /dev/{nos_part} NOS-ROOT \\(64 MiB\\) by {re.escape(how)}"
         console.expect(erased, 30)

@@ -21,7 +21,7 @@ from builder.components.resolve import Resolution, Resolver, find_apt_sources
 from builder.images import image_inputs, make_images
 from builder.images.context import ImageContext
 from builder.initramfs import facts, transports
-from builder.initramfs.assemble import Context, make_tree
+from builder.initramfs.assemble import Context, make_tree, render_mode_notes
 from builder.initramfs.cpio import WrittenLayer, compress, layer_of, make_initramfs
 from builder.initramfs.sizes import ComponentSize, measure_components
 from builder.initramfs.tree import Kind, Tree
@@ -76,6 +76,8 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
     step(f"{platform}: assembling the initramfs tree")
     with facts.remember(cache.root / "derived" / "facts.json"):
         tree = make_tree(Context(recipe, resolution, options.source_date_epoch))
+        for note in render_mode_notes(tree):
+            step(f"{platform}: {note}")
     staging = make_staging(options.out_dir, platform)
     try:
         outputs, layers = write_outputs(staging, recipe, resolution, tree, options, cache, step)

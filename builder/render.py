@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,26 @@ def _bytecode_cache() -> jinja2.BytecodeCache | None:
     return jinja2.FileSystemBytecodeCache(str(folder))
 
 
+class ContainedLoader(jinja2.FileSystemLoader):
+    """Templates from folders, each read only from inside its folder: a template that is a
+    link to a file elsewhere (``guest/init.j2 -> /etc/shadow``) is refused, not rendered."""
+
+    def get_source(self, environment: jinja2.Environment,
+                   template: str) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        real = os.path.realpath(filename)
+        folder = next((f for f in self.searchpath if filename.startswith(os.path.join(f, ""))),
+                      os.path.dirname(filename))
+        if os.path.commonpath([real, os.path.realpath(folder)]) != os.path.realpath(folder):
+            raise BuildError(f"template {template!r}: {filename} leads out of {folder}",
+                             hint="copy the file into the template folder instead of linking it")
+        return source, filename, uptodate
+
+
 def make_environment(vendor_dirs: Sequence[Path] = ()) -> jinja2.Environment:
     """An environment that looks in the vendor folders first, then the built-in templates."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([*map(str, vendor_dirs), str(BUILTIN_TEMPLATES)]),
+        loader=ContainedLoader([*map(str, vendor_dirs), str(BUILTIN_TEMPLATES)]),
         bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -16,6 +16,7 @@ import pytest
 from builder.components import deb as debmod
 from builder.components.cache import Cache, sha256_file
 from builder.components.deb import unpack_deb
+from builder.components.unpacked import package_mode
 from builder.errors import BuildError
 from builder.process import run
 
@@ -95,10 +96,13 @@ def test_unpack_deb(tmp_path: Path, compression: str) -> None:
     deb = make_deb(tmp_path, compression)
     cache = Cache(tmp_path / "cache")
     tree = unpack_deb(deb, cache)
-    assert tree == cache.root / "trees" / sha256_file(deb)
+    assert tree == cache.root / "unpacked" / sha256_file(deb)
     assert (tree / "usr/bin/hello").read_bytes() == b"#!/bin/sh\necho hello\n"
     assert stat.S_IMODE((tree / "usr/bin/hello").stat().st_mode) == 0o755
-    assert stat.S_IMODE((tree / "usr/sbin/suid").stat().st_mode) == 0o4755
+    # The cache keeps no setuid file; the package's mode is written down beside the tree.
+    assert stat.S_IMODE((tree / "usr/sbin/suid").stat().st_mode) == 0o755
+    assert package_mode(tree, tree / "usr/sbin/suid") == 0o4755
+    assert package_mode(tree, tree / "usr/bin/hello") == 0o755
     assert stat.S_IMODE((tree / "etc/hello.conf").stat().st_mode) == 0o640
     assert stat.S_IMODE((tree / "usr/share/ro").stat().st_mode) == 0o555
     assert (tree / "usr/share/ro/file").is_file()
@@ -106,7 +110,8 @@ def test_unpack_deb(tmp_path: Path, compression: str) -> None:
     assert os.readlink(tree / "bin/abs") == "/usr/bin/hello"  # kept as is, never followed
     assert (tree / "usr/bin/hello-hard").stat().st_ino == (tree / "usr/bin/hello").stat().st_ino
     assert not (tree / "DEBIAN").exists()
-    assert sorted(p.name for p in tree.parent.iterdir()) == [tree.name]  # no temporary left
+    # No temporary left; the modes file beside the tree.
+    assert sorted(p.name for p in tree.parent.iterdir()) == [tree.name, f"{tree.name}.modes.json"]
 
 
 def test_unpack_deb_second_call_is_a_hit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,14 +132,14 @@ def test_unpack_cached_blob_is_not_hashed_again(tmp_path: Path,
     cache = Cache(tmp_path / "cache")
     digest, blob = cache.put_file(deb)
     monkeypatch.setattr(debmod, "sha256_file", lambda path: pytest.fail(f"hashed {path}"))
-    assert unpack_deb(blob, cache) == cache.root / "trees" / digest
+    assert unpack_deb(blob, cache) == cache.root / "unpacked" / digest
 
 
 def test_unpack_deb_lost_race(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """When another build renames its tree in first, that tree is used and ours is removed."""
     deb = make_deb(tmp_path)
     cache = Cache(tmp_path / "cache")
-    final = cache.root / "trees" / sha256_file(deb)
+    final = cache.root / "unpacked" / sha256_file(deb)
     extract = debmod._extract
 
     def extract_then_lose(tar: tarfile.TarFile, root: Path, path: Path) -> None:
@@ -161,7 +166,7 @@ def test_unpack_refuses_escapes(tmp_path: Path, member: str, shown: str) -> None
     assert exc.value.message == (
         f"{deb}: refusing to unpack {shown}: absolute paths and '..' are not allowed")
     assert not (tmp_path / "evil").exists()
-    assert list((cache.root / "trees").iterdir()) == []
+    assert list((cache.root / "unpacked").iterdir()) == []
 
 
 def test_unpack_refuses_writing_through_a_symlink(tmp_path: Path) -> None:
@@ -227,4 +232,4 @@ def test_unpack_corrupt_data(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache")
     with pytest.raises(BuildError, match=r"bad\.deb: corrupt data\.tar\.xz: "):
         unpack_deb(deb, cache)
-    assert list((cache.root / "trees").iterdir()) == []
+    assert list((cache.root / "unpacked").iterdir()) == []

@@ -99,7 +99,7 @@ def serve(site_path: Path, out_dir: Path, listen: tuple[str, ...], http_port: in
 @handle_errors
 def status(url: str, as_json: bool, cacert: Path | None) -> None:
     """Show the devices a running `onie-builder serve` at URL knows and their state."""
-    from builder.factory.status import fetch_status, format_status
+    from builder.factory.statusclient import fetch_status, format_status
 
     data = fetch_status(url, cacert)
     click.echo(json.dumps(data, indent=2) if as_json else format_status(data))

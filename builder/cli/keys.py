@@ -150,6 +150,7 @@ def verify(files: tuple[Path, ...], recipe_name: str | None, key_paths: tuple[Pa
     Prints `FILE: ok ...` or `FILE: refused <reason>: <detail>` per file; exits 1 when any
     is refused. The reasons are those the guest prints (docs/signed-installer.md).
     """
+    from builder.files import FileRefused
     from builder.initramfs.trust import TrustStore, load_trust, strip_signature, verify_signed
     from builder.recipe.load import load_recipe
     from builder.signing.format import BootMode, Refusal
@@ -173,6 +174,13 @@ def verify(files: tuple[Path, ...], recipe_name: str | None, key_paths: tuple[Pa
     for file in files:
         try:
             verdict = verify_signed(file, store, platform, BootMode(mode), now, running or None)
+        except FileRefused as exc:  # a FIFO, a device, a folder: refused without reading it
+            refused += 1
+            verdicts.append({"file": str(file), "ok": False, "reason": "unreadable",
+                             "detail": exc.reason})
+            if not as_json:
+                click.echo(f"{file}: refused unreadable: {exc.reason}")
+            continue
         except Refusal as exc:
             refused += 1
             verdicts.append({"file": str(file), "ok": False, "reason": exc.reason.value,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import lzma
 import os
@@ -19,7 +20,8 @@ from typing import Any, BinaryIO
 import zstandard
 from debian.deb822 import Deb822
 
-from builder.components.cache import Cache, sha256_file
+from builder.components.cache import Cache, sha256_file, write_atomic
+from builder.components.unpacked import RISKY_BITS, modes_file
 from builder.errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -29,18 +31,23 @@ AR_HEADER = 60
 
 
 def unpack_deb(deb: Path, cache: Cache) -> Path:
-    """The folder holding the files of ``deb``: ``cache.root/trees/<sha256>``, made once."""
+    """The folder holding the files of ``deb``: ``cache.root/unpacked/<sha256>``, made once.
+    No file in it is setuid, setgid, sticky or world-writable: the modes the package gave
+    such files are in ``<sha256>.modes.json`` beside it (``unpacked.package_mode``)."""
     # A .deb from Cache.fetch is named by its digest; trusting that name keeps a hit free.
     cached = bool(re.fullmatch(r"[0-9a-f]{64}", deb.name)) and deb == cache.blob_path(deb.name)
     digest = deb.name if cached else sha256_file(deb)
-    tree = cache.root / "trees" / digest
+    # Not trees/: those kept special bits (before issue #23) and have no modes file.
+    tree = cache.root / "unpacked" / digest
     if tree.is_dir():
         return tree
     tree.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=tree.parent, prefix=f".{digest}."))
     try:
         with _data_tar(deb) as tar:
-            _extract(tar, tmp, deb)
+            dropped = _extract(tar, tmp, deb)
+        if dropped:  # written first: a tree in place always has its modes file
+            write_atomic(modes_file(tree), json.dumps(dropped, sort_keys=True).encode())
         os.replace(tmp, tree)
     except OSError as exc:
         if not tree.is_dir():  # else a concurrent build renamed its copy first
@@ -120,8 +127,10 @@ def _find_member(f: BinaryIO, deb: Path, prefix: str) -> tuple[str, int]:
     raise BuildError(f"{deb}: not a Debian package (no {prefix} member)")
 
 
-def _extract(tar: tarfile.TarFile, root: Path, deb: Path) -> None:
-    """Write every member under ``root``: files, dirs, symlinks, hard links; no device nodes."""
+def _extract(tar: tarfile.TarFile, root: Path, deb: Path) -> dict[str, int]:
+    """Write every member under ``root``: files, dirs, symlinks, hard links; no device nodes.
+    Returns the modes whose special or world-writable bits were not written, by path."""
+    dropped: dict[str, int] = {}
     symlinks: set[str] = set()
     dirs: list[tuple[Path, tarfile.TarInfo]] = []
     for member in tar:
@@ -134,6 +143,7 @@ def _extract(tar: tarfile.TarFile, root: Path, deb: Path) -> None:
                                  "symlink of the same name")
             dest.mkdir(parents=True, exist_ok=True)
             dirs.append((dest, member))
+            _note_risky(rel, member.mode, dropped)
             continue
         if not (member.isreg() or member.issym() or member.islnk()):
             log.debug("%s: skipping special file %s", deb, member.name)
@@ -151,13 +161,20 @@ def _extract(tar: tarfile.TarFile, root: Path, deb: Path) -> None:
             continue
         else:
             _write_file(tar, member, dest)
+            _note_risky(rel, member.mode, dropped)
         os.utime(dest, (member.mtime, member.mtime), follow_symlinks=False)
     # Directory modes last, deepest first, so a read-only directory is filled before it closes.
     for dest, member in reversed(dirs):
-        os.chmod(dest, member.mode & 0o7777)
+        os.chmod(dest, member.mode & 0o7777 & ~RISKY_BITS)
         os.utime(dest, (member.mtime, member.mtime))
     if not any(dest == root for dest, _ in dirs):
         os.chmod(root, 0o755)
+    return dropped
+
+
+def _note_risky(rel: str, mode: int, dropped: dict[str, int]) -> None:
+    if mode & RISKY_BITS:
+        dropped[rel or "."] = mode & 0o7777
 
 
 def _member_path(name: str, deb: Path) -> str:
@@ -186,7 +203,7 @@ def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> No
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as out:
         shutil.copyfileobj(source, out, 1 << 20)
-    os.chmod(dest, member.mode & 0o7777)
+    os.chmod(dest, member.mode & 0o7777 & ~RISKY_BITS)
 
 
 def _remove(path: Path) -> None:

@@ -17,6 +17,7 @@ from builder.components.cache import Cache
 from builder.components.deb import unpack_deb
 from builder.components.lock import Lock, Pin, PlatformLock
 from builder.components.mirror import AptSource, find_host_sources, parse_mirror_option
+from builder.components.unpacked import resolve_inside
 from builder.errors import BuildError
 from builder.recipe.component import Component, Source
 from builder.recipe.implied import implied_components
@@ -175,14 +176,16 @@ class Resolver:
 
     def _kernel_from(self, packages: tuple[Package, ...]) -> ResolvedKernel:
         for package in packages:
-            boot = package.root / "boot"
-            images = sorted(p for p in boot.glob("*") if KERNEL_IMAGE_RE.match(p.name)) \
+            # Every path resolved inside the package: a link may not lead to the host's /boot.
+            boot = resolve_inside(package.root, "boot", follow_last=True)
+            found = sorted(p.name for p in boot.iterdir() if KERNEL_IMAGE_RE.match(p.name)) \
                 if boot.is_dir() else []
-            if images:
-                match = KERNEL_IMAGE_RE.match(images[0].name)
+            images = [resolve_inside(package.root, f"boot/{n}", follow_last=True) for n in found]
+            if images and images[0].is_file():
+                match = KERNEL_IMAGE_RE.match(found[0])
                 assert match is not None
                 release = match["version"]
-                modules = package.root / "lib" / "modules" / release
+                modules = resolve_inside(package.root, f"lib/modules/{release}", follow_last=True)
                 return ResolvedKernel(packages, images[0], release,
                                       modules if modules.is_dir() else None)
         names = ", ".join(p.pin.name for p in packages)

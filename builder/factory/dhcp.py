@@ -12,6 +12,7 @@ IPv6 subnets hand out option 59 (RFC 5970 boot-file URL); UEFI HTTP boot clients
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import json
@@ -22,6 +23,7 @@ from typing import Any
 
 from builder.errors import BuildError
 from builder.factory.site import Site, Subnet
+from builder.factory.values import SAFE_TEXT_RE
 from builder.render import make_environment, render_template
 
 ONIE_ENTERPRISE = 42623  # IANA enterprise number of the ONIE project
@@ -127,6 +129,7 @@ def render_dhcp_config(site: Site, platforms: Sequence[str], fmt: DhcpFormat, fa
     if fmt is DhcpFormat.DNSMASQ and not site.subnets:
         raise BuildError(f"site {site.name!r} has no subnets for dnsmasq")
     context = _context(site, platforms)
+    check_words(context)
     if fmt is DhcpFormat.KEA:
         config = render_kea4(site, context) if family == 4 else render_kea6(site, context)
         return json.dumps(config, indent=2) + "\n"
@@ -144,6 +147,25 @@ def dhcpquote(value: object) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in text):
         raise BuildError(f"control character in a DHCP configuration value: {text!r}")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def check_words(value: Any, where: str = "") -> None:
+    """Refuse any text in the template context that is not one plain word (``SAFE_TEXT_RE``:
+    no spaces, quotes, commas, '#' or line breaks), whatever model it came from: the second
+    line of defence behind the site model, for all three formats."""
+    if isinstance(value, str):
+        if not SAFE_TEXT_RE.match(value):
+            raise BuildError(f"{where or 'a value'}: {value!r} cannot go into a DHCP "
+                             "configuration (expected letters, digits and ._:/@+=~%[]-)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_words(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_words(item, f"{where}[{i}]")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for item in dataclasses.fields(value):
+            check_words(getattr(value, item.name), f"{where}.{item.name}")
 
 
 def _context(site: Site, platforms: Sequence[str]) -> dict[str, Any]:

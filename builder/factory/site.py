@@ -18,6 +18,7 @@ from builder.factory.values import (
     MAX_TOKEN,
     MIN_TOKEN,
     SERIAL_RE,
+    SITE_NAME_RE,
     IPAddress,
     IPNetwork,
     _iscsi_root,
@@ -253,6 +254,14 @@ class Site(Model):
     platforms: list[PlatformEntry] = []
     devices: list[Device] = []
     http_boot: list[HttpBoot] = []
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not SITE_NAME_RE.match(v):
+            raise ValueError("expected 1-64 letters, digits, '.', '_' or '-' (starting with a "
+                             f"letter or digit), got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

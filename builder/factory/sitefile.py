@@ -13,11 +13,13 @@ from pydantic import ValidationError
 from builder.errors import RecipeError
 from builder.factory.site import Site
 from builder.factory.values import MAX_TOKEN, MIN_TOKEN
+from builder.files import FileRefused, read_bounded
 from builder.recipe.document import KeyPath, display_name, format_path
 from builder.recipe.merge import Merged, load_merged
 from builder.recipe.validation import describe_error, resolve_relative
 
 PATH_KEYS = ("installer", "updater")
+MAX_TOKEN_FILE = 4096  # the token is its first line, at most MAX_TOKEN characters
 
 
 def load_site(path: Path) -> tuple[Site, Merged]:
@@ -108,7 +110,11 @@ def read_token(site: Site) -> bytes | None:
     if site.status.token is not None:
         return site.status.token.encode()
     assert site.status.token_file is not None
-    lines = site.status.token_file.read_text(encoding="utf-8").splitlines()
+    try:
+        raw = read_bounded(site.status.token_file, MAX_TOKEN_FILE)
+    except FileRefused as exc:
+        raise RecipeError([f"status.token_file: {exc.message}"]) from None
+    lines = raw.decode("utf-8", "replace").splitlines()
     text = lines[0].strip() if lines else ""
     if not MIN_TOKEN <= len(text) <= MAX_TOKEN or not text.isascii() or not text.isprintable() \
             or " " in text:

@@ -265,35 +265,3 @@ class StatusStore:
         for d in devices:
             counts[d["state"]] = counts.get(d["state"], 0) + 1
         return {"devices": devices, "counts": counts, "uptime": round(time.time() - self.started, 1)}
-
-
-def fetch_status(url: str, cacert: Path | None = None, timeout: float = 10.0) -> dict[str, Any]:
-    """``GET <url>/status.json`` of a running server; raise BuildError when unreachable."""
-    import requests
-
-    from builder.errors import BuildError
-
-    target = url.rstrip("/") + "/status.json"
-    try:
-        response = requests.get(target, timeout=timeout,
-                                verify=str(cacert) if cacert is not None else True)
-        response.raise_for_status()
-        data: dict[str, Any] = response.json()
-    except (requests.RequestException, ValueError) as exc:
-        raise BuildError(f"cannot reach {target}: {exc}") from None
-    return data
-
-
-def format_status(data: Mapping[str, Any]) -> str:
-    """A plain table of the devices, one line each, then the counts."""
-    rows = [("DEVICE", "PLATFORM", "ADDRESS", "STATE", "PHASE", "RESULT", "SENT")]
-    for d in data.get("devices", []):
-        size = d.get("size") or 0
-        sent = f"{min(100, 100 * d.get('bytes_sent', 0) // size)}%" if size else "-"
-        rows.append((str(d.get("name") or d["key"]), str(d.get("platform") or "-"),
-                     str(d.get("address") or "-"), str(d["state"]), str(d["phase"]),
-                     str(d["result"]), sent))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    counts = ", ".join(f"{k}: {v}" for k, v in sorted(data.get("counts", {}).items()))
-    return "\n".join([*lines, f"{len(rows) - 1} devices" + (f" ({counts})" if counts else "")])

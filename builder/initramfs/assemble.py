@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from builder import __version__
 from builder.components.resolve import Resolution, ResolvedComponent
+from builder.components.unpacked import package_mode, resolve_inside
 from builder.errors import BuildError
 from builder.initramfs import discovery, eeprom, transports, trust
 from builder.initramfs.applets import find_shadowed, find_shell_busybox
@@ -110,7 +112,7 @@ class Context:
 
 def make_tree(context: Context) -> Tree:
     """Build the complete initramfs tree for a recipe."""
-    tree = Tree()
+    tree = Tree(context.recipe.initramfs.keep_modes)
     install_skeleton(tree)
     for component in context.resolution.components:
         before = tree.paths()
@@ -126,7 +128,36 @@ def make_tree(context: Context) -> Tree:
         if not overlay.is_dir():
             raise BuildError(f"{overlay}: overlay folder does not exist")
         tree.add_host_tree(overlay, "/", origin=f"overlay:{overlay.name}")
+    check_keep_modes(tree)
     return tree
+
+
+def check_keep_modes(tree: Tree) -> None:
+    """Refuse an ``initramfs.keep_modes`` path that nothing installs, so a typo is no silence."""
+    for path in sorted(tree.keep_modes):
+        if path not in tree:
+            raise BuildError(f"initramfs.keep_modes: {path}: no component or overlay puts a "
+                             "file there")
+
+
+def render_mode_notes(tree: Tree) -> list[str]:
+    """What the build says about special modes: each one kept (the recipe named it), and
+    the ones dropped, grouped by the bits dropped."""
+    notes = [f"keeping {describe_bits(mode)} on {path} (mode {mode:04o}): named in "
+             "initramfs.keep_modes" for path, mode in sorted(tree.kept.items())]
+    dropped: dict[str, list[str]] = {}
+    for path, mode in sorted(tree.dropped.items()):
+        if path in tree and path not in tree.kept:
+            dropped.setdefault(describe_bits(mode), []).append(path)
+    notes += [f"dropped {bits} from {', '.join(paths)} (initramfs.keep_modes keeps a path's)"
+              for bits, paths in sorted(dropped.items())]
+    return notes
+
+
+def describe_bits(mode: int) -> str:
+    """``0o4755`` -> ``setuid``; ``0o1777`` -> ``sticky, world-writable``."""
+    names = ((0o4000, "setuid"), (0o2000, "setgid"), (0o1000, "sticky"), (0o002, "world-writable"))
+    return ", ".join(name for bit, name in names if mode & bit)
 
 
 def install_skeleton(tree: Tree) -> None:
@@ -172,13 +203,15 @@ def install_package_files(tree: Tree, resolved: ResolvedComponent, recipe: Recip
 
 
 def _install_package_file(tree: Tree, root: Path, path: str, origin: str) -> None:
-    host = root / path.lstrip("/")
+    # Links on the way are followed inside the package, never to the build machine's folders.
+    host = resolve_inside(root, path)
     if host.is_symlink():
-        tree.add_symlink(path, str(host.readlink()), origin=origin)
+        tree.add_symlink(path, os.readlink(host), origin=origin)
     elif host.is_file():
-        tree.add_file(path, source=host, mode=host.stat().st_mode, origin=origin)
+        tree.add_file(path, source=host, mode=tree.host_mode(path, package_mode(root, host)),
+                      origin=origin)
     elif host.is_dir():
-        tree.add_host_tree(host, path, origin=origin)
+        tree.add_host_tree(host, path, origin=origin, mode_of=lambda p: package_mode(root, p))
     else:
         raise BuildError(f"{origin}: the package has no {path}")
 

@@ -16,6 +16,7 @@ from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
+from builder.components.unpacked import package_mode
 from builder.errors import BuildError
 from builder.initramfs import facts
 from builder.initramfs.tree import Kind, Tree
@@ -330,7 +331,9 @@ def install_elf_closure(tree: Tree, roots: list[Path], binaries: list[str],
     renamed = {_regular_file(closure, binary): dest for binary, dest in (dests or {}).items()}
     for path in sorted(closure.files):
         found = closure.files[path]
-        tree.add_file(renamed.get(path, path), source=found.host, mode=found.host.stat().st_mode,
+        dest = renamed.get(path, path)
+        tree.add_file(dest, source=found.host,
+                      mode=tree.host_mode(dest, package_mode(found.root, found.host)),
                       origin=origin_of(found.root))
     installed = {renamed.get(path, path) for path in closure.files}
     for path in sorted(closure.links):

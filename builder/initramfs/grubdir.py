@@ -12,6 +12,7 @@ from __future__ import annotations
 import posixpath
 from pathlib import Path
 
+from builder.components.unpacked import resolve_inside
 from builder.errors import BuildError
 from builder.initramfs.tree import Tree
 from builder.recipe.component import GrubFolder
@@ -62,18 +63,23 @@ def prune_list(name: str, text: str, modules: set[str]) -> str:
 def install_grub_folder(tree: Tree, root: Path, grub: GrubFolder, origin: str) -> set[str]:
     """Put ``grub.folder`` from the unpacked package at ``root`` into the tree, pruned to
     ``grub.modules`` and their dependencies; return the module names installed."""
-    host = root / grub.folder.lstrip("/")
-    if not (host / MODDEP).is_file():
+    host = resolve_inside(root, grub.folder, follow_last=True)
+    moddep = resolve_inside(root, posixpath.join(grub.folder, MODDEP), follow_last=True)
+    if not moddep.is_file():
         raise BuildError(f"{origin}: {grub.folder} is no GRUB platform folder (no {MODDEP})")
-    deps = read_moddep((host / MODDEP).read_text())
+    deps = read_moddep(moddep.read_text())
     modules = module_closure(deps, grub.modules, f"{origin} {grub.folder}")
-    for path in sorted(host.iterdir()):
-        dest = posixpath.join(grub.folder, path.name)
-        if path.suffix == ".mod" and path.stem in modules:
+    for entry in sorted(host.iterdir()):
+        dest = posixpath.join(grub.folder, entry.name)
+        # A link in the folder is followed inside the package, never to the build machine.
+        path = resolve_inside(root, posixpath.join(grub.folder, entry.name), follow_last=True)
+        if not path.is_file():
+            continue
+        if entry.suffix == ".mod" and entry.stem in modules:
             tree.add_file(dest, source=path, mode=0o644, origin=origin)
-        elif path.suffix == ".lst":
-            text = prune_list(path.name, path.read_text(), modules)
+        elif entry.suffix == ".lst":
+            text = prune_list(entry.name, path.read_text(), modules)
             tree.add_file(dest, data=text.encode(), mode=0o644, origin=origin)
-        elif path.is_file() and (path.suffix in KEPT_SUFFIXES or path.name in KEPT_NAMES):
+        elif entry.suffix in KEPT_SUFFIXES or entry.name in KEPT_NAMES:
             tree.add_file(dest, source=path, mode=0o644, origin=origin)
     return modules

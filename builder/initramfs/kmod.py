@@ -188,7 +188,9 @@ def index_modules(modules_dir: Path) -> ModuleIndex:
         dirs.sort()
         prefix = os.path.relpath(folder, top).replace(os.sep, "/") + "/"
         for filename in sorted(names):
-            if (parts := split_suffix(filename)) is None:
+            # A link could lead out of the package to the build machine's files: modules are
+            # regular files in every Debian kernel package.
+            if (parts := split_suffix(filename)) is None or os.path.islink(f"{folder}/{filename}"):
                 continue
             rel = prefix.removeprefix("./") + filename
             name = normalize_name(parts[0])

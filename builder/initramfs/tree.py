@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import os
 import posixpath
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.components.unpacked import RISKY_BITS
 from builder.errors import BuildError
 
 
@@ -66,12 +69,30 @@ def normalize(path: str) -> str:
 
 
 class Tree:
-    """A mutable set of entries keyed by path; later additions replace earlier ones (overlays win)."""
+    """A mutable set of entries keyed by path; later additions replace earlier ones (overlays win).
 
-    def __init__(self) -> None:
+    A mode taken from a package or a host folder goes through ``host_mode``: setuid, setgid,
+    sticky and world-writable bits are dropped unless the path is in ``keep_modes`` (the
+    recipe's ``initramfs.keep_modes``); ``dropped`` and ``kept`` say where, for the build log."""
+
+    def __init__(self, keep_modes: Iterable[str] = ()) -> None:
         self._entries: dict[str, Entry] = {"/": Entry("/", Kind.DIR, 0o755, "builtin")}
         # The recipe component that first put each path here, by its name (assemble.make_tree).
         self.owners: dict[str, str] = {}
+        self.keep_modes = frozenset(normalize(p) for p in keep_modes)
+        self.dropped: dict[str, int] = {}
+        self.kept: dict[str, int] = {}
+
+    def host_mode(self, path: str, mode: int) -> int:
+        """``mode`` (from a package or host folder) as ``path`` gets it in the image."""
+        path, mode = normalize(path), mode & 0o7777
+        if not mode & RISKY_BITS:
+            return mode
+        if path in self.keep_modes:
+            self.kept[path] = mode
+            return mode
+        self.dropped[path] = mode
+        return mode & ~RISKY_BITS
 
     def paths(self) -> set[str]:
         """Every path in the tree."""
@@ -129,14 +150,22 @@ class Tree:
             raise ValueError("device kind must be CHAR or BLOCK")
         self._put(Entry(normalize(path), kind, mode, origin, rdev=(major, minor)))
 
-    def add_host_tree(self, root: Path, dest: str, *, origin: str) -> None:
-        """Copy a host folder (an overlay) into the tree, keeping modes and symlinks."""
-        for src in sorted(root.rglob("*")):
-            rel = src.relative_to(root).as_posix()
-            path = posixpath.join(dest, rel)
-            if src.is_symlink():
-                self.add_symlink(path, str(src.readlink()), origin=origin)
-            elif src.is_dir():
-                self.add_dir(path, src.stat().st_mode & 0o7777, origin=origin)
-            elif src.is_file():
-                self.add_file(path, source=src, mode=src.stat().st_mode, origin=origin)
+    def add_host_tree(self, root: Path, dest: str, *, origin: str,
+                      mode_of: Callable[[Path], int] | None = None) -> None:
+        """Copy a host folder (an overlay, a package's folder) into the tree: symlinks as links,
+        never followed out of ``root``; modes by ``mode_of`` (default: the file's) through
+        ``host_mode``. Device nodes, FIFOs and sockets are left out."""
+        for folder, dirs, names in os.walk(root):  # os.walk does not follow folder links
+            dirs.sort()
+            for name in sorted([*dirs, *names]):
+                src = Path(folder, name)
+                path = posixpath.join(dest, src.relative_to(root).as_posix())
+                info = src.lstat()
+                mode = mode_of(src) if mode_of is not None else info.st_mode
+                if stat.S_ISLNK(info.st_mode):
+                    self.add_symlink(path, os.readlink(src), origin=origin)
+                elif stat.S_ISDIR(info.st_mode):
+                    self.add_dir(path, self.host_mode(path, mode), origin=origin)
+                elif stat.S_ISREG(info.st_mode):
+                    self.add_file(path, source=src, mode=self.host_mode(path, mode),
+                                  origin=origin)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import BuildError
+from builder.files import open_regular
 from builder.initramfs.tree import Tree
 from builder.recipe.model import Recipe, Trust
 from builder.signing.format import (
@@ -125,7 +126,7 @@ def strip_signature(path: Path, verdict: Verdict, out: Path) -> None:
     if out.resolve() == path.resolve():
         os.truncate(path, size)
         return
-    with path.open("rb") as fin, out.open("wb") as fout:
+    with open_regular(path) as fin, out.open("wb") as fout:
         left = size
         while left and (chunk := fin.read(min(1 << 20, left))):
             fout.write(chunk)

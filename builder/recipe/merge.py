@@ -17,6 +17,7 @@ from builder.errors import RecipeError
 from builder.recipe.document import Document, KeyPath, Location, format_path, load_document
 
 APPEND = "+"
+MAX_EXTENDS = 16  # files in one chain; the shipped recipes use 3
 
 
 @dataclass
@@ -52,6 +53,9 @@ def _load_chain(path: Path) -> list[Document]:
             names = " -> ".join(p.name for p in [*seen, current])
             raise RecipeError([f"{chain[-1].locations[('extends',)]}: extends: cycle: {names}"])
         seen.append(current)
+        if len(seen) > MAX_EXTENDS:
+            raise RecipeError([f"{chain[-1].locations[('extends',)]}: extends: more than "
+                               f"{MAX_EXTENDS} files in one chain"])
         doc = load_document(current)
         chain.append(doc)
         parent = doc.data.get("extends")

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from builder.recipe.base import Hex64, Model
-from builder.recipe.component import Component, Source
+from builder.recipe.component import Component, InTreePath, Source
 from builder.recipe.eeprom import Eeprom
 from builder.recipe.formats import Compression, ImageFormat
 from builder.recipe.transports import Transports
@@ -147,6 +147,9 @@ class Initramfs(Model):
     toolset: dict[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.+-]*$")], Component | None] = {}
     discovery_only: bool = False  # true: leave the toolset out (an image that only discovers)
     overlays: list[Path] = []
+    # Paths that keep setuid, setgid, sticky or world-writable bits from their package or
+    # overlay; every other path loses them (builder/initramfs/tree.py, Tree.host_mode).
+    keep_modes: list[InTreePath] = []
 
     @property
     def tools(self) -> list[tuple[str, Component]]:

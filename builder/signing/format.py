@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from builder.errors import BuildError
+from builder.files import FileRefused, open_regular
 from builder.signing.keys import PublicKey
 
 BLOCK_SIZE = 4096
@@ -223,13 +224,14 @@ def render_block(statement: bytes, signature: bytes) -> bytes:
 def read_block(path: Path) -> Block:
     """Find and check the signature block at the end of ``path``; the statement is parsed but
     not yet trusted. Raises a Refusal (unsigned, truncated, trailing-bytes, malformed)."""
-    try:
-        with path.open("rb") as f:
+    # A FIFO would block and /dev/zero never ends: only a regular file, and only its tail.
+    with open_regular(path) as f:
+        try:
             size = os.fstat(f.fileno()).st_size
             f.seek(max(size - SEARCH_WINDOW, 0))
-            window = f.read()
-    except OSError as exc:
-        raise BuildError(f"{path}: cannot read: {exc.strerror}") from None
+            window = f.read(SEARCH_WINDOW)
+        except OSError as exc:
+            raise FileRefused(path, f"cannot read: {exc.strerror}") from None
     match = TRAILER_RE.fullmatch(window[-TRAILER_SIZE:]) if size >= TRAILER_SIZE else None
     if match is None:
         raise classify_unsigned(window)
@@ -284,7 +286,7 @@ def hash_payload(path: Path, size: int) -> str:
     """The sha256 of the first ``size`` bytes of ``path``."""
     digest = hashlib.sha256()
     left = size
-    with path.open("rb") as f:
+    with open_regular(path) as f:
         while left and (chunk := f.read(min(CHUNK, left))):
             digest.update(chunk)
             left -= len(chunk)

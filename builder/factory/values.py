@@ -15,10 +15,6 @@ PLATFORM_RE = re.compile(r"^(?P<arch>[a-z0-9_]+)-(?P<machine>[a-z0-9]+_[a-z0-9_]
 SAFE_TEXT_RE = re.compile(r"^[A-Za-z0-9._:/@+=~%\[\]-]+$")
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 SERIAL_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-MIN_TOKEN = 16
-# One HMAC-SHA256 block: the image's shell HMAC (templates/guest/discovery/lib/report.sh.j2)
-# never hashes the key.
-MAX_TOKEN = 64
 
 
 def normalize_mac(value: str) -> str:

@@ -150,6 +150,9 @@ class RateLimit(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
             record.exc_info, record.exc_text, record.stack_info = None, None, None
+        if record.name == "aiohttp.server" and str(record.msg).startswith("Error handling request"):
+            # aiohttp's line for a request it cannot parse: the client's fault, not the server's.
+            record.levelno, record.levelname = logging.INFO, "INFO"
         kind = (record.name, str(record.msg))
         now = time.monotonic()
         entry = self._seen.get(kind)

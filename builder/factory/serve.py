@@ -167,6 +167,9 @@ async def post_status(request: web.Request) -> web.Response:
     provisioner = request.app[SITE_KEY]
     if provisioner.site.status is None:
         raise web.HTTPForbidden(text="status reports are disabled: the site has no 'status' section\n")
+    max_body = provisioner.site.status.max_body
+    if (request.content_length or 0) > max_body:  # refused before waiting for the body
+        raise web.HTTPRequestEntityTooLarge(max_body, request.content_length or 0)
     try:
         async with asyncio.timeout(provisioner.limits.body_timeout):
             body = await request.read()  # aiohttp answers 413 past client_max_size
@@ -199,7 +202,7 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     mac_hint = next((normalize_mac(p) for p in parts[:-1] if MAC_RE.match(p)), None)
     who = identity_from_headers(request.headers, request.remote, mac_hint)
     match = WATERFALL_RE.match(parts[-1]) if parts else None
-    device = _device(provisioner, who, waterfall=match is not None)
+    device = tracked_device(provisioner, who, waterfall=match is not None)
     provisioner.store.note_request(device, "/" + rel)
     if match is not None:
         chosen = provisioner.choose(match["kind"], match["suffix"], who)
@@ -211,7 +214,7 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     return await send_file(request, path, device, provisioner, tracked=match is not None)
 
 
-def _device(provisioner: Provisioner, who: Identity, *, waterfall: bool) -> Device | None:
+def tracked_device(provisioner: Provisioner, who: Identity, *, waterfall: bool) -> Device | None:
     """The record of a device the site lists (created by its waterfall requests only); None
     for everyone else: made-up headers are counted, never stored one by one."""
     entry = provisioner.site.find_device(who.serial, who.mac)

@@ -14,7 +14,7 @@ import bisect
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +101,8 @@ class Device:
         return "done" if self.result == "ok" and self.phase in ("done", "installed") else self.phase
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready, with ``state``."""
-        out = asdict(self)
+        """JSON-ready, with ``state`` (shallow: serialized at once, never kept)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["state"] = self.state
         return out
 

@@ -10,8 +10,11 @@ Endpoints (docs/factory.md):
   ONIE-SERIAL-NUMBER / ONIE-ETH-ADDR headers or a MAC folder), else its platform's; 404 for
   names that should fall through. Range requests resume interrupted downloads.
 - ``GET /<path>``: files of ``out/`` (the same tree any static server or object store can serve).
-- ``POST /status``: a device's authenticated report (phase, result, log tail).
-- ``GET /``: the live status page; ``GET /status.json``: the same for scripts.
+- ``POST /status``: a device's report signed with its own key (``builder.factory.reports``).
+- ``GET /``: the live status page; ``GET /status.json``: the same for scripts, paginated.
+
+Only waterfall requests by devices the site lists make device records; everything else is
+counted. Bad input gets a fixed answer, never a traceback (``shield``).
 """
 
 from __future__ import annotations

@@ -311,10 +311,18 @@ SERVE = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (1024
 
 def test_2000_idle_connections_do_not_starve_a_1024_descriptor_serve(tmp_path: Path) -> None:
     site = write_site(tmp_path, installer_size=200_000)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < 2200:
         pytest.skip(f"this test holds 2,000 sockets; the descriptor limit here is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(_soft, 2200), hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2200), hard))
+    try:
+        hold_idle_connections(site)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def hold_idle_connections(site: Path) -> None:
+    tmp_path = site.parent
     proc = subprocess.Popen([sys.executable, "-c", SERVE, str(ROOT), "serve", "--site", str(site),
                              "--out", str(tmp_path), "--listen", "127.0.0.1", "--http-port", "0"],
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},

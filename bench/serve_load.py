@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
-import hmac
 import json
 import os
 import re
@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = b"bench-status-token-0123456789abcdef"
 PLATFORM = ("x86_64", "bench_switch", "0")
 MAX_DEVICES = 1000
 HOST = "127.0.0.1"  # loopback only, by design
@@ -56,12 +57,11 @@ def make_site(folder: Path, devices: int, size: int) -> tuple[Path, str]:
     installer = folder / "installer.bin"
     data = os.urandom(size)
     installer.write_bytes(data)
-    (folder / "token").write_text(TOKEN.decode())
     arch, machine, rev = PLATFORM
     site = folder / "site.yaml"
     site.write_text(
         "name: bench\nserver:\n  address: 127.0.0.1\n  listen: [127.0.0.1]\n"
-        f"status:\n  token_file: token\n  log_tail: 1024\n"
+        "status:\n  log_tail: 1024\n"
         f"platforms:\n  - platform: {arch}-{machine}-r{rev}\n    installer: installer.bin\n")
     return site, hashlib.sha256(data).hexdigest()
 
@@ -70,7 +70,7 @@ def start_server(site: Path, out: Path) -> tuple[subprocess.Popen[str], str]:
     """`onie-builder serve` as its own process on a free loopback port; returns (process, URL)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "builder", "-q", "serve", "--site", str(site), "--out", str(out),
-         "--listen", HOST, "--http-port", "0"],
+         "--listen", HOST, "--http-port", "0", "--per-address", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout is not None
@@ -135,10 +135,14 @@ async def device(n: int, base: str, size: int, digest: str, session: aiohttp.Cli
         if (status1, status2) != (206, 206) or hashlib.sha256(first + rest).hexdigest() != digest:
             raise RuntimeError(f"download: statuses {status1}/{status2}, {len(first) + len(rest)} bytes, "
                                "content differs" if (status1, status2) == (206, 206) else "")
-        for phase, result in (("verify", "ok"), ("install", "running"), ("done", "ok")):
-            body = (f"phase={phase}\nresult={result}\nserial={serial}\nmac={mac}\n\n"
-                    f"{phase} log line of {serial}\n").encode()
-            auth = "ONIE-HMAC-SHA256 " + hmac.new(TOKEN, body, hashlib.sha256).hexdigest()
+        key = Ed25519PrivateKey.generate()  # the device's own key, as the image makes it
+        public = base64.b64encode(key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+        for counter, (phase, result) in enumerate((("verify", "ok"), ("install", "running"),
+                                                   ("done", "ok")), start=1):
+            body = (f"phase={phase}\nresult={result}\nserial={serial}\nmac={mac}\n"
+                    f"counter={counter}\nkey={public}\n\n{phase} log line of {serial}\n").encode()
+            auth = "ONIE-ED25519 " + base64.b64encode(key.sign(body)).decode()
             status, answer = await timed(results, "status-post", session, "POST", f"{base}/status",
                                          data=body, headers={"Authorization": auth})
             if status != 200:

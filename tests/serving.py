@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ipaddress
 import threading
@@ -13,14 +14,15 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from builder.factory.serve import Server
+from builder.factory.identity import AUTH_SCHEME
+from builder.factory.listener import Server
 from builder.factory.site import Site
 from builder.factory.sitefile import load_site
 from tests.conftest import require_tool
 
-TOKEN = "factory-status-token-0123456789"
 DAEMON_PACKAGES = {"dnsmasq": "dnsmasq-base", "kea-dhcp4": "kea-dhcp4-server",
                    "kea-dhcp6": "kea-dhcp6-server", "dhcpd": "isc-dhcp-server"}
 
@@ -99,7 +101,6 @@ server:
   http_port: 8080
 {https}
 status:
-  token_file: status.token
   max_body: 4096
   log_tail: 64
 subnets:
@@ -122,17 +123,54 @@ devices:
 
 def write_site(folder: Path, *, tls: tuple[Path, Path, Path] | None = None,
                installer_size: int = 100_000) -> Path:
-    """A site file with installers and a token in ``folder``; ``tls`` = (chain, key, ca)."""
+    """A site file with installers in ``folder``; ``tls`` = (chain, key, ca)."""
     (folder / "installers").mkdir(parents=True, exist_ok=True)
     for name in ("default", "special", "bymac", "updater"):
         (folder / "installers" / f"{name}.bin").write_bytes(installer_bytes(name, installer_size))
-    (folder / "status.token").write_text(TOKEN + "\n")
     https = ""
     if tls is not None:
         https = (f"  https_port: 8443\ntls:\n  cert: {tls[0]}\n  key: {tls[1]}\n  ca: {tls[2]}")
     path = folder / "site.yaml"
     path.write_text(SITE_YAML.format(https=https))
     return path
+
+
+class SimDevice:
+    """A device as the image behaves: its own Ed25519 key and a counter that grows with every
+    report (templates/guest/discovery/lib/report.sh.j2, in Python)."""
+
+    def __init__(self, serial: str | None = None, mac: str | None = None,
+                 keystore: str = "disk") -> None:
+        self.serial, self.mac, self.keystore = serial, mac, keystore
+        self.private = Ed25519PrivateKey.generate()
+        self.counter = 0
+
+    @property
+    def public(self) -> str:
+        """The base64 SubjectPublicKeyInfo the body carries."""
+        der = self.private.public_key().public_bytes(serialization.Encoding.DER,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+        return base64.b64encode(der).decode()
+
+    def body(self, phase: str, result: str, log: bytes = b"", *, counter: int | None = None,
+             **fields: str) -> bytes:
+        """A report body with the next counter (or ``counter``)."""
+        if counter is None:
+            self.counter += 1
+            counter = self.counter
+        ident = {k: v for k, v in (("serial", self.serial), ("mac", self.mac)) if v is not None}
+        values = {"phase": phase, "result": result, **ident, "counter": str(counter),
+                  "key": self.public, "keystore": self.keystore, **fields}
+        return "".join(f"{k}={v}\n" for k, v in values.items()).encode() + b"\n" + log
+
+    def sign(self, body: bytes) -> str:
+        """The Authorization value of ``body``."""
+        return f"{AUTH_SCHEME} {base64.b64encode(self.private.sign(body)).decode()}"
+
+    def report(self, phase: str, result: str, log: bytes = b"", **fields: str) -> tuple[bytes, str]:
+        """(body, Authorization) of the next report."""
+        body = self.body(phase, result, log, **fields)
+        return body, self.sign(body)
 
 
 class Running:

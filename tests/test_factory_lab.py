@@ -21,7 +21,7 @@ from builder.lab.servers import wait_for_text
 from builder.process import run
 from builder.recipe.formats import Compression
 from tests.conftest import ROOT, require_qemu, require_root_netns, run_cli
-from tests.serving import TOKEN, require_daemon
+from tests.serving import require_daemon
 
 pytestmark = [pytest.mark.lab, pytest.mark.network]
 
@@ -44,7 +44,6 @@ def site_file(folder: Path) -> Path:
     (folder / "installers").mkdir(parents=True)
     (folder / "installers" / "generic.sh").write_bytes(installer("GENERIC", 60_000))
     (folder / "installers" / "special.sh").write_bytes(installer("FACTORY", 300_000))
-    (folder / "token").write_text(TOKEN + "\n")
     path = folder / "site.yaml"
     path.write_text(f"""\
 name: lab-factory
@@ -53,7 +52,6 @@ server:
   listen: [{NET}.1]
   http_port: 8080
 status:
-  token_file: token
   log_tail: 4096
 subnets:
   - network: {NET}.0/24
@@ -73,12 +71,12 @@ devices:
     return path
 
 
-def with_token(image: Path, dest: Path) -> Path:
-    """The image's initramfs plus a second archive holding the status token (the kernel
-    unpacks concatenated archives in order), as a factory overlay would put it."""
+def with_reports(image: Path, dest: Path) -> Path:
+    """The image's initramfs plus a second archive turning status reports on (the kernel
+    unpacks concatenated archives in order), as a factory overlay would: no secret in it."""
     tree = Tree()
     tree.add_dir("/etc/onie", origin="test")
-    tree.add_file("/etc/onie/status.token", data=(TOKEN + "\n").encode(), origin="test", mode=0o600)
+    tree.add_file("/etc/onie/status.enable", data=b"", origin="test", mode=0o644)
     dest.write_bytes((image / "initrd.img").read_bytes()
                      + compress(render_cpio(tree, 0), Compression.GZIP))
     return dest
@@ -93,7 +91,7 @@ def test_factory_install_reports_its_status(built: Callable[[str], Path], tmp_pa
     site = site_file(tmp_path / "site")
     conf = tmp_path / "dnsmasq.conf"
     run_cli("dhcp-config", "qemu_x86_64", "--site", str(site), "--format", "dnsmasq", "-o", str(conf))
-    initrd = with_token(image, tmp_path / "initrd.img")
+    initrd = with_reports(image, tmp_path / "initrd.img")
     events = tmp_path / "events.jsonl"
 
     with NetNamespace.create("obfac") as ns:
@@ -103,7 +101,8 @@ def test_factory_install_reports_its_status(built: Callable[[str], Path], tmp_pa
                          f"--pid-file={tmp_path / 'dnsmasq.pid'}"], tmp_path / "dnsmasq.log")
         wait_for_text(tmp_path / "dnsmasq.log", r"DHCP, IP range", 10, dhcp, "dnsmasq")
         server = ns.spawn([sys.executable, "-c", SERVE, str(ROOT), "serve", "--site", str(site),
-                           "--out", str(image.parent), "--record", str(events)], tmp_path / "serve.log")
+                           "--out", str(image.parent), "--record", str(events),
+                           "--keys", str(tmp_path / "keys.jsonl")], tmp_path / "serve.log")
         wait_for_text(tmp_path / "serve.log", r"^serving ", 30, server, "serve")
 
         argv = qemu_command(machine_for(manifest["arch"]), image / "vmlinuz", initrd,
@@ -139,3 +138,9 @@ def test_factory_install_reports_its_status(built: Callable[[str], Path], tmp_pa
     assert "NOS installed" in device["log"]
     recorded = [json.loads(line) for line in events.read_text().splitlines()]
     assert recorded[-1]["device"] == SERIAL and recorded[-1]["phase"] == "done"
+    # Signed with a key the device made (no disk: kept in RAM), one counter step per report.
+    assert device["keystore"] == "ram" and device["counter"] == len(
+        [p for p in device["phases"] if p["source"] == "device"])
+    [binding] = [json.loads(x) for x in (tmp_path / "keys.jsonl").read_text().splitlines()
+                 if json.loads(x)["event"] == "bind"]
+    assert binding["serial"] == SERIAL and binding["mac"] == MAC and binding["keystore"] == "ram"

@@ -6,6 +6,7 @@ blocks fails the test instead of the machine, and no case may print a traceback.
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import resource
 import subprocess
@@ -121,17 +122,15 @@ def test_a_recipe_that_is_no_file(tmp_path: Path, kind: str) -> None:
     assert (proc.returncode, errors(proc)) == (2, [f"error: {name}: not a regular file ({what})"])
 
 
-def test_a_token_file_that_is_a_fifo(tmp_path: Path) -> None:
+def test_a_token_file_that_is_a_fifo_is_never_opened(tmp_path: Path) -> None:
+    """Status tokens are gone (reports are signed by device keys): a site naming one, even a
+    FIFO that would block a reader, is refused from the YAML alone."""
     os.mkfifo(tmp_path / "token")
     (tmp_path / "site.yaml").write_text(SITE + "status:\n  token_file: token\n")
-    from builder.errors import RecipeError
-    from builder.factory.sitefile import load_site, read_token
-
-    site, _ = load_site(tmp_path / "site.yaml")
-    with pytest.raises(RecipeError) as info:
-        read_token(site)
-    assert info.value.problems == [f"status.token_file: {tmp_path}/token: not a regular file "
-                                   "(a FIFO)"]
+    proc = bounded_cli("dhcp-config", "--site", "site.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert errors(proc)[0].startswith("error: site.yaml:")
+    assert "'token' and 'token_file' are gone" in proc.stderr
 
 
 # --- generated DHCP configurations (item 5) ----------------------------------------------------
@@ -258,3 +257,38 @@ def test_status_answer_size_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(MalformedAnswer) as info:
         _read_capped(iter([b"x" * (1 << 16)] * 17), "http://h/status.json")
     assert info.value.message == "http://h/status.json: malformed answer: larger than 1 MiB"
+
+
+def test_status_client_follows_the_pages(tmp_path: Path) -> None:
+    """serve pages /status.json: the client asks for every page and joins them."""
+    from builder.factory.statusclient import fetch_status
+
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            query = dict(p.split("=") for p in self.path.split("?", 1)[1].split("&"))
+            offset = int(query.get("offset", "0"))
+            names = [f"SN{i}" for i in range(offset, min(offset + 2, 5))]  # pages of 2 of 5
+            body = json.dumps({"devices": [{"key": n, "state": "done"} for n in names],
+                               "counts": {"done": 5}, "total": 5, "offset": offset}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        data = fetch_status(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [d["key"] for d in data["devices"]] == ["SN0", "SN1", "SN2", "SN3", "SN4"]
+    assert asked == ["/status.json?limit=10000", "/status.json?offset=2&limit=10000",
+                     "/status.json?offset=4&limit=10000"]

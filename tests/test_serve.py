@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from builder.factory.status import sign
 from tests.conftest import ROOT, run_cli
 from tests.serving import (
-    TOKEN,
     Running,
+    SimDevice,
     installer_bytes,
     make_ca,
     make_server_cert,
@@ -154,7 +153,7 @@ def test_a_dropped_download_resumes_with_range_to_identical_bytes(tmp_path: Path
 
 
 def check_resume(server: Running) -> None:
-    headers = {**QEMU, "ONIE-SERIAL-NUMBER": "SN-RESUME"}
+    headers = {**QEMU, "ONIE-SERIAL-NUMBER": "SN-SPECIAL"}  # listed: the server tracks it
     port = int(server.url().split(":")[2].rstrip("/"))
     request = "GET /onie-installer HTTP/1.1\r\nHost: x\r\n" + "".join(
         f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
@@ -171,20 +170,20 @@ def check_resume(server: Running) -> None:
     assert head.startswith(b"HTTP/1.1 200")
     rest = get(server, "onie-installer", {**headers, "Range": f"bytes={len(body)}-"})
     assert rest.status_code == 206
-    assert body + rest.content == installer_bytes("default", BIG)
+    assert body + rest.content == installer_bytes("special", BIG)
     # The dropped transfer counts what the server handed to the connection before the client
     # vanished (whole chunks, so at least what the client received, even when it vanished
     # during the first); the resumed rest is whole. The server learns of the drop only when
     # a write fails, which may come after the resumed request has ended: wait (bounded).
     resumed = BIG - len(body)
     deadline = time.monotonic() + 20
-    device = device_state(server, "SN-RESUME")
+    device = device_state(server, "SN-SPECIAL")
     while device["bytes_sent"] == resumed and time.monotonic() < deadline:  # type: ignore[operator]
         time.sleep(0.1)
-        device = device_state(server, "SN-RESUME")
+        device = device_state(server, "SN-SPECIAL")
     assert device["downloads"] == 1  # only the resumed part reached the end
     assert resumed < device["bytes_sent"] < 2 * BIG  # type: ignore[operator]
-    assert device["installer"] == "default.bin"
+    assert device["installer"] == "special.bin"
     assert device["phase"] == "downloaded" and device["platform"] == "x86_64-qemu_x86_64-r0"
 
 
@@ -193,72 +192,31 @@ def device_state(server: Running, key: str) -> dict[str, object]:
     return next(d for d in devices if d["key"] == key)
 
 
-def report(phase: str, result: str, log: bytes = b"", **fields: str) -> bytes:
-    lines = [f"phase={phase}", f"result={result}", *(f"{k}={v}" for k, v in fields.items())]
-    return "\n".join(lines).encode() + b"\n\n" + log
-
-
 def post(server: Running, body: bytes, auth: str | None) -> requests.Response:
     headers = {"Authorization": auth} if auth is not None else {}
     return requests.post(server.url("status"), data=body, headers=headers, timeout=10)
 
 
 def test_status_reports_are_recorded(server: Running) -> None:
-    token = TOKEN.encode()
-    body = report("install", "running", b"x" * 100 + b"\nlast line\n", serial="SN-REPORT",
-                  mac="52-54-00-00-00-99", platform="x86_64-qemu_x86_64-r0")
-    assert post(server, body, sign(token, body)).status_code == 200
-    done = report("done", "ok", b"installed\n", serial="SN-REPORT", message="NOS installed")
-    answer = post(server, done, sign(token, done))
+    device = SimDevice("SN-REPORT", "52-54-00-00-00-99")
+    first = device.report("install", "running", b"x" * 100 + b"\nlast line\n",
+                          platform="x86_64-qemu_x86_64-r0")
+    assert post(server, *first).status_code == 200
+    answer = post(server, *device.report("done", "ok", b"installed\n", message="NOS installed"))
     assert answer.json() == {"device": "SN-REPORT", "phase": "done", "result": "ok"}
-    device = device_state(server, "SN-REPORT")
-    assert device["state"] == "done" and device["mac"] == "52:54:00:00:00:99"
-    assert device["message"] == "NOS installed"
-    assert device["log"] == ("x" * 100 + "\nlast line\ninstalled\n")[-64:]  # log_tail: 64
-    assert [p["phase"] for p in device["phases"]] == ["install", "done"]  # type: ignore[union-attr]
+    state = device_state(server, "SN-REPORT")
+    assert state["state"] == "done" and state["mac"] == "52:54:00:00:00:99"
+    assert state["message"] == "NOS installed" and state["counter"] == 2
+    assert state["keystore"] == "disk" and str(state["fingerprint"]).startswith("sha256:")
+    assert state["log"] == ("x" * 100 + "\nlast line\ninstalled\n")[-64:]  # log_tail: 64
+    assert [p["phase"] for p in state["phases"]] == ["install", "done"]  # type: ignore[union-attr]
 
 
-BAD_REPORTS = [
-    # (body, authorization, status, text)
-    (report("install", "ok"), None, 401, "missing or bad HMAC"),
-    (report("install", "ok"), "ONIE-HMAC-SHA256 " + "0" * 64, 401, "missing or bad HMAC"),
-    (report("install", "ok"), "Basic dXNlcjpwYXNz", 401, "missing or bad HMAC"),
-    (report("install", "maybe"), "sign", 400, "result: expected one of running, ok, fail"),
-    (report("Install!", "ok"), "sign", 400, "phase: expected lower-case letters"),
-    (b"phase=install\nrole=admin\n\n", "sign", 400, "line 2: unknown key 'role'"),
-    (b"phase install\n\n", "sign", 400, "line 1: expected 'key=value'"),
-    (report("install", "ok", serial="a b"), "sign", 400, "serial: unexpected characters"),
-    (report("install", "ok", b"y" * 5000), "sign", 413, ""),
-]
-
-
-@pytest.mark.parametrize(("body", "auth", "status", "text"), BAD_REPORTS)
-def test_bad_status_reports_are_refused(server: Running, body: bytes, auth: str | None,
-                                        status: int, text: str) -> None:
-    if auth == "sign":
-        auth = sign(TOKEN.encode(), body)
-    response = post(server, body, auth)
-    assert response.status_code == status
-    assert text in response.text
-    if status == 401:
-        assert response.headers["WWW-Authenticate"] == "ONIE-HMAC-SHA256"
-
-
-def test_a_report_signed_for_another_body_is_refused(server: Running) -> None:
-    good = report("done", "ok", serial="SN-X")
-    forged = report("done", "fail", serial="SN-X")
-    assert post(server, forged, sign(TOKEN.encode(), good)).status_code == 401
-
-
-def test_status_reports_are_disabled_without_a_token(tmp_path: Path) -> None:
+def test_status_reports_are_disabled_without_a_status_section(tmp_path: Path) -> None:
     site = write_site(tmp_path)
-    text = site.read_text().replace("status:\n  token_file: status.token\n  max_body: 4096\n"
-                                    "  log_tail: 64\n", "")
-    site.write_text(text)
+    site.write_text(site.read_text().replace("status:\n  max_body: 4096\n  log_tail: 64\n", ""))
     with running(site, tmp_path) as handle:
-        body = report("done", "ok")
-        response = requests.post(handle.url("status"), data=body, timeout=10,
-                                 headers={"Authorization": sign(TOKEN.encode(), body)})
+        response = post(handle, *SimDevice("SN-OFF").report("done", "ok"))
     assert response.status_code == 403
 
 
@@ -294,9 +252,9 @@ def test_cli_serve_and_status(tmp_path: Path) -> None:
         match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
         assert match, line + proc.stderr.read() if proc.stderr else line
         base = match.group(1)
-        body = report("done", "ok", b"all good\n", serial="SN-CLI")
+        body, auth = SimDevice("SN-CLI").report("done", "ok", b"all good\n")
         assert requests.post(f"{base}/status", data=body, timeout=10,
-                             headers={"Authorization": sign(TOKEN.encode(), body)}).ok
+                             headers={"Authorization": auth}).ok
         out = run_cli("status", "--json", base)
         data = json.loads(out.stdout)
         assert [d["key"] for d in data["devices"]] == ["SN-CLI"]
@@ -341,15 +299,16 @@ def test_load_of_200_concurrent_devices_has_no_errors() -> None:
 # --- the environment's side: templates/guest/discovery/lib/report.sh.j2 run by BusyBox ash -----
 
 
-def render_report(tmp_path: Path, token: str) -> Path:
+def render_report(tmp_path: Path) -> Path:
     from builder.render import make_environment, render_template
 
-    (tmp_path / "token").write_text(token + "\n")
     text = render_template(make_environment(), "guest/discovery/lib/report.sh.j2", {
-        "report_token": str(tmp_path / "token"), "report_url": str(tmp_path / "no-url"),
+        "report_enable": str(tmp_path / "enable"), "report_url": str(tmp_path / "no-url"),
+        "onie_boot": str(tmp_path / "onie-boot"), "report_ram_dir": str(tmp_path / "ram"),
         "report_log_tail": 40})
     script = tmp_path / "report.sh"
     script.write_text("say() { echo \"say: $*\"; }\n" + text)
+    (tmp_path / "enable").touch()
     return script
 
 
@@ -359,58 +318,83 @@ def busybox() -> str:
     return require_tool("busybox", "to run the generated shell (Debian package busybox-static)")
 
 
-@pytest.mark.parametrize("token", ["0123456789abcdef", "6" * 64, "k6\\-_~!#$%&()*+,./:;<=>?@[]^`{|}",
-                                   TOKEN])
-def test_the_shell_hmac_matches_python(tmp_path: Path, token: str) -> None:
-    import hashlib
-    import hmac
+def run_report(script: Path, tmp_path: Path, serial: str, *args: str) -> str:
+    """report_status ARGS under BusyBox ash, with the host's openssl as the image's."""
+    from tests.conftest import require_tool
 
-    script = render_report(tmp_path, token)
-    body = tmp_path / "body"
-    body.write_bytes(b"phase=done\nresult=ok\n\n" + bytes(range(256)) * 3)
-    (tmp_path / "k").write_text(token)
-    proc = subprocess.run([busybox(), "ash", "-c", '. "$1"; hmac_sha256 "$2" "$3"', "sh", str(script),
-                           str(tmp_path / "k"), str(body)], capture_output=True, text=True, check=True)
-    assert proc.stdout.strip() == hmac.new(token.encode(), body.read_bytes(), hashlib.sha256).hexdigest()
+    require_tool("openssl", "to sign reports as the image does (Debian package openssl)")
+    (tmp_path / "discovery.log").write_text("onie-discovery: try http://x/onie-installer\n")
+    (tmp_path / "installer.log").write_text("installing...\nNOS installed OK\n")
+    env = {"PATH": os.environ["PATH"], "RUN": str(tmp_path / "run"),
+           "LOG": str(tmp_path / "discovery.log"), "INSTALLER_LOG": str(tmp_path / "installer.log"),
+           "SERIAL": serial, "ETH_ADDR": "52:54:00:ab:cd:ef", "PLATFORM": "x86_64-qemu_x86_64-r0"}
+    return subprocess.run([busybox(), "ash", "-c", '. "$1"; shift; report_status "$@"', "sh",
+                           str(script), *args], env=env, check=True, capture_output=True,
+                          text=True).stdout
 
 
 def test_report_status_from_busybox_reaches_the_server(server: Running, tmp_path: Path) -> None:
-    script = render_report(tmp_path, TOKEN)
-    (tmp_path / "discovery.log").write_text("onie-discovery: try http://x/onie-installer\n")
-    (tmp_path / "installer.log").write_text("installing...\nNOS installed OK\n")
-    installer_url = server.url("onie-installer-x86_64-qemu_x86_64-r0")
-    env = {"PATH": os.environ["PATH"], "RUN": str(tmp_path / "run"),
-           "LOG": str(tmp_path / "discovery.log"), "INSTALLER_LOG": str(tmp_path / "installer.log"),
-           "SERIAL": "SN-ASH", "ETH_ADDR": "52:54:00:ab:cd:ef", "PLATFORM": "x86_64-qemu_x86_64-r0"}
+    script = render_report(tmp_path)
+    (tmp_path / "onie-boot" / "onie").mkdir(parents=True)  # a mounted ONIE-BOOT holds onie/
+    url = server.url("onie-installer-x86_64-qemu_x86_64-r0")
     for phase, result, message in (("install", "running", ""), ("done", "ok", "rc=0; $(reboot) `x`")):
-        subprocess.run([busybox(), "ash", "-c", '. "$1"; report_status "$2" "$3" "$4" "$5"', "sh",
-                        str(script), phase, result, installer_url, message],
-                       env=env, check=True, capture_output=True, text=True)
+        assert run_report(script, tmp_path, "SN-ASH", phase, result, url, message) == ""
     device = device_state(server, "SN-ASH")
     assert device["state"] == "done" and device["mac"] == "52:54:00:ab:cd:ef"
     assert device["platform"] == "x86_64-qemu_x86_64-r0"
     assert device["message"] == "rc=0? ?(reboot) ?x?"  # shell metacharacters made harmless
     assert str(device["log"]).endswith("installing...\nNOS installed OK\n")
-    assert not (tmp_path / "run" / "status.key").exists()
+    # The key and its counter live on ONIE-BOOT, private; nothing is left in RUN.
+    config = tmp_path / "onie-boot" / "onie" / "config"
+    assert (config / "counter").read_text() == "2\n" and device["counter"] == 2
+    assert (config / "device-key.pem").stat().st_mode & 0o077 == 0
+    assert device["keystore"] == "disk" and not (tmp_path / "ram").exists()
+    assert not (tmp_path / "run" / "status.body").exists()
+    # The next boot (same ONIE-BOOT) signs with the same key and a higher counter.
+    assert run_report(script, tmp_path, "SN-ASH", "install", "fail", url, "again") == ""
+    assert device_state(server, "SN-ASH")["state"] == "failed"
 
 
-def test_report_status_is_a_no_op_without_token_or_http(tmp_path: Path) -> None:
-    script = render_report(tmp_path, TOKEN)
-    proc = subprocess.run([busybox(), "ash", "-c", '. "$1"; report_status done ok tftp://10.0.0.1/x; '
-                           'echo rc=$?', "sh", str(script)],
-                          capture_output=True, text=True, env={"PATH": os.environ["PATH"],
-                                                               "RUN": str(tmp_path / "run")})
-    assert proc.stdout.strip() == "rc=0"
+def test_report_status_without_onie_boot_keeps_its_key_in_ram(server: Running,
+                                                              tmp_path: Path) -> None:
+    script = render_report(tmp_path)
+    url = server.url("onie-installer")
+    assert run_report(script, tmp_path, "SN-RAM", "install", "running", url) == ""
+    assert device_state(server, "SN-RAM")["keystore"] == "ram"
+    assert (tmp_path / "ram" / "counter").read_text() == "1\n"
+    # A reboot of a diskless switch: the key is gone, a new one is made, the server shows a
+    # conflict (it cannot tell a reboot from an impostor) and does not apply the report.
+    (tmp_path / "ram" / "device-key.pem").unlink()
+    refused = run_report(script, tmp_path, "SN-RAM", "done", "ok", url)
+    assert refused == f"say: status done ok: {server.url('status')} did not take it\n"
+    device = device_state(server, "SN-RAM")
+    assert device["state"] == "conflict" and device["phase"] == "install"
+    [conflict] = device["conflicts"]  # type: ignore[misc]
+    assert "kept in RAM" in conflict["note"] and conflict["phase"] == "done"
 
 
-def test_the_store_stops_recording_new_devices_at_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_status_is_a_no_op_unless_enabled_and_http(tmp_path: Path) -> None:
+    script = render_report(tmp_path)
+    args = [busybox(), "ash", "-c", '. "$1"; report_status done ok "$2"; echo rc=$?', "sh", str(script)]
+    env = {"PATH": os.environ["PATH"], "RUN": str(tmp_path / "run")}
+    tftp = subprocess.run([*args, "tftp://10.0.0.1/x"], capture_output=True, text=True, env=env)
+    assert tftp.stdout.strip() == "rc=0"
+    (tmp_path / "enable").unlink()
+    off = subprocess.run([*args, "http://127.0.0.1:9/x"], capture_output=True, text=True, env=env)
+    assert off.stdout.strip() == "rc=0"
+    assert not (tmp_path / "ram").exists()  # no key made: reports are off
+
+
+def test_the_store_counts_unlisted_devices_past_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     from builder.factory import status
 
     monkeypatch.setattr(status, "MAX_DEVICES", 3)
     store = status.StatusStore()
     for n in range(5):
-        store.note_request(store.find(status.Identity(serial=f"S{n}")), "/onie-installer")
+        store.find(status.Identity(serial=f"S{n}"))
     assert sorted(store.devices) == ["S0", "S1", "S2"]
+    assert store.find(status.Identity(serial="LISTED"), listed=True) is not None  # always
     again = store.find(status.Identity(serial="S1", mac="52:54:00:00:00:01"))
     assert again is store.devices["S1"] and again.mac == "52:54:00:00:00:01"
     assert store.find(status.Identity(mac="52:54:00:00:00:01")) is again
+    assert store.find(status.Identity(), listed=True) is None  # anonymous: never a record

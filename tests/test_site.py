@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import RecipeError
-from builder.factory.sitefile import check_site_files, load_site, read_token
+from builder.factory.sitefile import check_site_files, load_site
 from tests.conftest import ROOT
 
 GOOD = """\
@@ -49,7 +49,7 @@ def test_a_minimal_site(tmp_path: Path) -> None:
     site, _ = load_site(path)
     assert site.name == "lab" and site.server.http_port == 8080
     assert site.url("x") == "http://10.200.5.1:8080/x"
-    assert read_token(site) is None
+    assert site.status is None  # reports off
 
 
 def test_extends_and_https_urls(tmp_path: Path) -> None:
@@ -67,18 +67,11 @@ def test_extends_and_https_urls(tmp_path: Path) -> None:
                                    f"site 'child': tls.key: no such file '{tmp_path}/tls/a.key'"]
 
 
-def test_token_file(tmp_path: Path) -> None:
+def test_status_reports_need_no_token(tmp_path: Path) -> None:
     path = tmp_path / "site.yaml"
-    path.write_text(GOOD + "status:\n  token_file: token\n")
-    (tmp_path / "token").write_text("short\n")
+    path.write_text(GOOD + "status:\n  max_body: 2048\n")
     site, _ = load_site(path)
-    with pytest.raises(RecipeError, match="expected a token of 16 to 64 printable ASCII characters"):
-        read_token(site)
-    (tmp_path / "token").write_text("x" * 65)
-    with pytest.raises(RecipeError, match="expected a token of 16 to 64"):
-        read_token(site)
-    (tmp_path / "token").write_text("0123456789abcdef-token\n")
-    assert read_token(site) == b"0123456789abcdef-token"
+    assert site.status is not None and site.status.max_body == 2048 and site.status.log_tail == 16384
 
 
 BAD = [
@@ -94,10 +87,10 @@ BAD = [
      "site.yaml:1: (top level): server.https_port needs a 'tls' section (cert and key)"),
     ("server:\n  address: 10.200.5.1\n  scheme: ftp\n",
      "site.yaml:4: server.scheme: expected one of 'http' or 'https', got 'ftp'"),
-    ("server:\n  address: 10.200.5.1\nstatus:\n  token: short\n",
-     "site.yaml:5: status.token: expected 16 to 64 printable ASCII characters without spaces"),
-    ("server:\n  address: 10.200.5.1\nstatus:\n  max_body: 2048\n",
-     "site.yaml:4: status: expected exactly one of 'token' or 'token_file'"),
+    ("server:\n  address: 10.200.5.1\nstatus:\n  token_file: status.token\n",
+     "site.yaml:4: status: 'token' and 'token_file' are gone: a token baked into the image can "
+     "be downloaded by anyone; devices now sign reports with keys of their own "
+     "(docs/factory.md, \"Status protocol\")"),
     ("server:\n  address: 10.200.5.1\nsubnets:\n  - network: 10.200.5.0/24\n"
      "    pool: [10.200.6.1, 10.200.6.9]\n",
      "site.yaml:5: subnets[0]: pool: 10.200.6.1 is not in 10.200.5.0/24"),

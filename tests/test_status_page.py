@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 import requests
 
-from builder.factory.status import sign
 from tests.conftest import fail_or_skip, require_tool
-from tests.serving import TOKEN, Running, running, write_site
+from tests.serving import Running, SimDevice, running, write_site
 
 pytestmark = pytest.mark.lab
 
@@ -43,9 +42,10 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
-def post(server: Running, body: bytes) -> None:
+def post(server: Running, report: tuple[bytes, str]) -> None:
+    body, auth = report
     response = requests.post(server.url("status"), data=body, timeout=10,
-                             headers={"Authorization": sign(TOKEN.encode(), body)})
+                             headers={"Authorization": auth})
     assert response.status_code == 200, response.text
 
 
@@ -63,8 +63,9 @@ def test_a_posted_status_appears_live(browser: Any, tmp_path: Path) -> None:
         assert browser.find_elements(By.CSS_SELECTOR, "tr[data-device]") == []
 
         hostile = "<img src=x onerror=document.title='owned'>"
-        post(server, b"phase=install\nresult=running\nserial=SN-PAGE\nmac=52:54:00:aa:bb:cc\n"
-                     b"platform=x86_64-qemu_x86_64-r0\nmessage=" + hostile.encode() + b"\n\nstep 1\n")
+        device = SimDevice("SN-PAGE", "52:54:00:aa:bb:cc")
+        post(server, device.report("install", "running", b"step 1\n",
+                                   platform="x86_64-qemu_x86_64-r0", message=hostile))
         cells = wait.until(lambda d: [c.text for c in d.find_element(
             By.CSS_SELECTOR, 'tr[data-device="SN-PAGE"]').find_elements(By.TAG_NAME, "td")])
         assert cells[0] == "rack1-leaf2"  # the site's name for this MAC
@@ -73,7 +74,7 @@ def test_a_posted_status_appears_live(browser: Any, tmp_path: Path) -> None:
         assert hostile in cells[8]  # shown as text, never as markup
         assert browser.find_elements(By.CSS_SELECTOR, "td img") == []
 
-        post(server, b"phase=done\nresult=ok\nserial=SN-PAGE\n\ninstalled\n")
+        post(server, device.report("done", "ok", b"installed\n"))
         wait.until(lambda d: d.find_element(
             By.CSS_SELECTOR, 'tr[data-device="SN-PAGE"] td.state').text == "done")
         wait.until(lambda d: "done" in (d.find_element(

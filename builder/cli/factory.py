@@ -55,7 +55,7 @@ def dhcp_config(names: tuple[str, ...], site_path: Path, fmt: str, family: str,
 
 @click.command()
 @click.option("--site", "site_path", required=True, type=click.Path(path_type=Path),
-              help="The site file (assignments, TLS material, status token).")
+              help="The site file (assignments, TLS material, status reports).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"),
               show_default=True, help="The build output tree to serve.")
 @click.option("--listen", multiple=True, help="Address to listen on (repeat for several; "
@@ -64,24 +64,33 @@ def dhcp_config(names: tuple[str, ...], site_path: Path, fmt: str, family: str,
 @click.option("--https-port", type=int, default=None, help="Override server.https_port (0: any).")
 @click.option("--record", type=click.Path(path_type=Path), default=None,
               help="Append every status report and finished download to this JSON Lines file.")
+@click.option("--keys", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Keep the device key registry (trust on first use, last counters) in this "
+              "JSON Lines file across restarts; default: in memory.")
+@click.option("--per-address", type=click.IntRange(0, 100_000), default=32, show_default=True,
+              help="Open connections allowed from one client address (0: no cap).")
 @handle_errors
 def serve(site_path: Path, out_dir: Path, listen: tuple[str, ...], http_port: int | None,
-          https_port: int | None, record: Path | None) -> None:
+          https_port: int | None, record: Path | None, keys: Path | None, per_address: int) -> None:
     """Serve OUT and the site's installers to ONIE devices, and collect their status.
 
     Waterfall names (`onie-installer-<platform>` ...) get the installer the site assigns to
     the asking device (by ONIE's serial number and MAC headers); Range requests resume
-    downloads; devices POST signed reports to /status. The live status page is at /,
+    downloads; devices POST reports signed with their own keys to /status (registered on
+    first contact; replays and changed keys are refused). The live status page is at /,
     the same data for scripts at /status.json (or `onie-builder status URL --json`).
+    Idle connections time out and each address may hold --per-address of them.
     Stop with Ctrl-C.
     """
-    from builder.factory.serve import Server, run_server
+    from builder.factory.limits import Limits
+    from builder.factory.listener import Server, run_server
     from builder.factory.sitefile import check_site_files, load_site
 
     site, _ = load_site(site_path)
     check_site_files(site)
     server = Server(site, out_dir, listen=list(listen) or None, http_port=http_port,
-                    https_port=https_port, record=record)
+                    https_port=https_port, record=record, keys=keys,
+                    limits=Limits(per_address=per_address))
 
     def ready(urls: list[str]) -> None:
         click.echo(f"serving {out_dir} for site {site.name}: {' '.join(urls)}")

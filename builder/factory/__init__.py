@@ -2,7 +2,8 @@
 
 Owns the site model and its loading (``site``, ``sitefile``, ``values``), the DHCP server
 configurations for dnsmasq, Kea and ISC (``dhcp``), the HTTP(S) server that answers ONIE's
-waterfall per device and takes status reports (``serve``) and the status client
-(``status``). Takes a site file and a built ``out/`` folder; hands on configurations, served
+waterfall per device and takes status reports (``serve``, ``listener``, ``limits``), the
+signed reports and device keys (``identity``, ``registry``, ``reports``) and the device table
+and status client (``status``). Takes a site file and a built ``out/`` folder; hands on configurations, served
 installers and device state. Beside the build: the build never imports it.
 """

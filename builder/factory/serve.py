@@ -10,8 +10,11 @@ Endpoints (docs/factory.md):
   ONIE-SERIAL-NUMBER / ONIE-ETH-ADDR headers or a MAC folder), else its platform's; 404 for
   names that should fall through. Range requests resume interrupted downloads.
 - ``GET /<path>``: files of ``out/`` (the same tree any static server or object store can serve).
-- ``POST /status``: a device's authenticated report (phase, result, log tail).
-- ``GET /``: the live status page; ``GET /status.json``: the same for scripts.
+- ``POST /status``: a device's report signed with its own key (``builder.factory.reports``).
+- ``GET /``: the live status page; ``GET /status.json``: the same for scripts, paginated.
+
+Only waterfall requests by devices the site lists make device records; everything else is
+counted. Bad input gets a fixed answer, never a traceback (``shield``).
 """
 
 from __future__ import annotations
@@ -19,49 +22,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import signal
-import socket
-import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
-from builder.errors import BuildError
+from builder.factory.limits import Limits
+from builder.factory.registry import FileRegistry, KeyRegistry
+from builder.factory.reports import AUTH_SCHEME, accept_report
 from builder.factory.site import Site
-from builder.factory.sitefile import read_token
-from builder.factory.status import (
-    AUTH_SCHEME,
-    Device,
-    Identity,
-    ReportError,
-    StatusStore,
-    check_signature,
-    identity_from_headers,
-    parse_report,
-)
+from builder.factory.status import MAX_PAGE, PAGE, Device, Identity, StatusStore, identity_from_headers
 from builder.factory.values import MAC_RE, normalize_mac, parse_platform
 from builder.render import BUILTIN_TEMPLATES
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+MAX_PATH = 1024  # characters of a request path; longer ones get 414
 WATERFALL_RE = re.compile(r"^onie-(?P<kind>installer|updater)(?:-(?P<suffix>[A-Za-z0-9_.-]+?))?"
                           r"(?:\.bin)?$")
 STATUS_PAGE = BUILTIN_TEMPLATES / "serve" / "status.html"
 SITE_KEY: web.AppKey[Provisioner] = web.AppKey("provisioner")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
 class Provisioner:
-    """The state behind the handlers: the site, the out/ tree, the device store, the token."""
+    """The state behind the handlers: the site, the out/ tree, the device store, the key
+    registry and the bounds."""
 
     site: Site
     out_dir: Path
     store: StatusStore
-    token: bytes | None
+    registry: KeyRegistry = field(default_factory=FileRegistry)
+    limits: Limits = field(default_factory=Limits)
 
     def choose(self, kind: str, suffix: str | None, who: Identity) -> tuple[Path, str] | None:
         """The file answering waterfall name ``onie-<kind>[-<suffix>]`` for ``who``, or None."""
@@ -79,13 +74,14 @@ class Provisioner:
         return None
 
     def out_file(self, rel: str) -> Path | None:
-        """The regular file ``rel`` inside out/, or None (no escapes, no folders)."""
+        """The regular file ``rel`` inside out/, or None (no escapes, no folders, no names the
+        file system refuses)."""
         root = self.out_dir.resolve()
         try:
             path = (root / rel).resolve()
-        except (OSError, RuntimeError):
+            return path if path.is_relative_to(root) and path.is_file() else None
+        except (OSError, ValueError, RuntimeError):
             return None
-        return path if path.is_relative_to(root) and path.is_file() else None
 
 
 def _is_platform(value: str) -> bool:
@@ -111,7 +107,7 @@ def _name_fits(suffix: str | None, platform: str) -> bool:
 def make_app(provisioner: Provisioner) -> web.Application:
     """The aiohttp application with every route."""
     max_body = provisioner.site.status.max_body if provisioner.site.status else 64 * 1024
-    app = web.Application(client_max_size=max_body)
+    app = web.Application(client_max_size=max_body, middlewares=[shield])
     app[SITE_KEY] = provisioner
     app.router.add_get("/", status_page)
     app.router.add_get("/status.json", status_json)
@@ -121,16 +117,41 @@ def make_app(provisioner: Provisioner) -> web.Application:
     return app
 
 
+@web.middleware
+async def shield(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """No traceback reaches a client or the log: an unexpected error is one rate-limited line
+    and a 500 without details."""
+    try:
+        return await handler(request)
+    except (web.HTTPException, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # the boundary between the server and a client
+        log.error("%s %s: %s: %s", request.method, ascii(request.path[:120]), type(exc).__name__,
+                  ascii(str(exc)[:200]))
+        raise web.HTTPInternalServerError(text="internal error\n") from None
+
+
 async def status_page(request: web.Request) -> web.StreamResponse:
     """The live status page (plain HTML + script, no external assets)."""
     return web.FileResponse(STATUS_PAGE, headers={"Content-Type": "text/html; charset=utf-8",
                                                   "Cache-Control": "no-store"})
 
 
+def _query_int(request: web.Request, name: str, default: int, top: int) -> int:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    if not (value.isascii() and value.isdigit() and len(value) <= 9) or int(value) > top:
+        raise web.HTTPBadRequest(text=f"{name}: expected a whole number from 0 to {top}\n")
+    return int(value)
+
+
 async def status_json(request: web.Request) -> web.Response:
-    """Every device's state, for the page and for scripts."""
+    """One page of devices (``?offset=N&limit=M``) and the counts over all of them."""
     provisioner = request.app[SITE_KEY]
-    data = provisioner.store.snapshot()
+    offset = _query_int(request, "offset", 0, 10**9)
+    limit = _query_int(request, "limit", PAGE, MAX_PAGE)
+    data = provisioner.store.snapshot(offset, limit)
     data["site"] = provisioner.site.name
     return web.json_response(data, headers={"Cache-Control": "no-store"})
 
@@ -144,56 +165,70 @@ async def ca_file(request: web.Request) -> web.StreamResponse:
 
 
 async def post_status(request: web.Request) -> web.Response:
-    """A device's report: 401 without a valid HMAC, 413 when too large, 400 when malformed."""
+    """A device's signed report: 200 when applied; 400 malformed, 401 bad signature, 408 body
+    too slow, 409 replay or key conflict, 413 too large, 503 device table full."""
     provisioner = request.app[SITE_KEY]
-    if provisioner.token is None:
-        raise web.HTTPForbidden(text="status reports are disabled: the site has no status token\n")
-    body = await request.read()  # aiohttp answers 413 past client_max_size
-    if not check_signature(provisioner.token, body, request.headers.get("Authorization")):
-        raise web.HTTPUnauthorized(text="missing or bad HMAC\n",
-                                   headers={"WWW-Authenticate": AUTH_SCHEME})
+    if provisioner.site.status is None:
+        raise web.HTTPForbidden(text="status reports are disabled: the site has no 'status' section\n")
+    max_body = provisioner.site.status.max_body
+    if (request.content_length or 0) > max_body:  # refused before waiting for the body
+        raise web.HTTPRequestEntityTooLarge(max_body, request.content_length or 0)
     try:
-        report = parse_report(body)
-    except ReportError as exc:
-        raise web.HTTPBadRequest(text=f"bad status report: {exc}\n") from None
-    headers = identity_from_headers(request.headers, request.remote)
-    fields = report.fields
-    who = Identity(fields.get("serial") or headers.serial, fields.get("mac") or headers.mac,
-                   fields.get("platform") or headers.platform, request.remote)
-    device = _device(provisioner, who)
-    provisioner.store.report(device, report)
-    log.info("status: %s %s %s", device.key, report.phase, report.result)
+        async with asyncio.timeout(provisioner.limits.body_timeout):
+            body = await request.read()  # aiohttp answers 413 past client_max_size
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="the report's body did not arrive in time\n") from None
+    outcome = accept_report(provisioner.store, provisioner.registry, provisioner.site, body,
+                            request.headers.get("Authorization"), request.remote)
+    device = outcome.device
+    if device is None:
+        log.info("status refused (%d): %s", outcome.status, outcome.text)
+        headers = {"WWW-Authenticate": AUTH_SCHEME} if outcome.status == 401 else None
+        return web.Response(status=outcome.status, text=outcome.text + "\n", headers=headers)
+    log.info("status: %s %s %s", device.key, device.phase, device.result)
     return web.json_response({"device": device.key, "phase": device.phase, "result": device.result})
 
 
-def _device(provisioner: Provisioner, who: Identity) -> Device:
-    entry = provisioner.site.find_device(who.serial, who.mac)
-    return provisioner.store.find(who, entry.name if entry else None)
+def _bad_path(rel: str) -> bool:
+    return len(rel) > MAX_PATH or any(ord(c) < 32 or ord(c) == 127 for c in rel)
 
 
 async def get_file(request: web.Request) -> web.StreamResponse:
     """A waterfall name (per-device installer) or a file of out/."""
     provisioner = request.app[SITE_KEY]
     rel = request.match_info["path"]
+    if len(rel) > MAX_PATH:
+        raise web.HTTPRequestURITooLong(text="path too long\n")
+    if _bad_path(rel):
+        raise web.HTTPBadRequest(text="control characters in the path\n")
     parts = [p for p in rel.split("/") if p]
     mac_hint = next((normalize_mac(p) for p in parts[:-1] if MAC_RE.match(p)), None)
     who = identity_from_headers(request.headers, request.remote, mac_hint)
-    device = _device(provisioner, who)
-    provisioner.store.note_request(device, "/" + rel)
     match = WATERFALL_RE.match(parts[-1]) if parts else None
+    device = tracked_device(provisioner, who, waterfall=match is not None)
+    provisioner.store.note_request(device, "/" + rel)
     if match is not None:
         chosen = provisioner.choose(match["kind"], match["suffix"], who)
         if chosen is not None:
-            return await send_file(request, chosen[0], device, provisioner.store)
+            return await send_file(request, chosen[0], device, provisioner, tracked=True)
     path = provisioner.out_file(rel) if parts else None
     if path is None:
         raise web.HTTPNotFound()
-    tracked = device if match is not None else None
-    return await send_file(request, path, tracked, provisioner.store)
+    return await send_file(request, path, device, provisioner, tracked=match is not None)
+
+
+def tracked_device(provisioner: Provisioner, who: Identity, *, waterfall: bool) -> Device | None:
+    """The record of a device the site lists (created by its waterfall requests only); None
+    for everyone else: made-up headers are counted, never stored one by one."""
+    entry = provisioner.site.find_device(who.serial, who.mac)
+    if entry is None:
+        return None
+    store = provisioner.store
+    return store.find(who, entry.name, listed=True) if waterfall else store.lookup(who)
 
 
 async def send_file(request: web.Request, path: Path, device: Device | None,
-                    store: StatusStore) -> web.StreamResponse:
+                    provisioner: Provisioner, *, tracked: bool) -> web.StreamResponse:
     """Send ``path`` with single-range support (206/416), counting the bytes for ``device``."""
     try:
         stat = path.stat()
@@ -214,6 +249,8 @@ async def send_file(request: web.Request, path: Path, device: Device | None,
     await response.prepare(request)
     if request.method == "HEAD":
         return response
+    store = provisioner.store
+    device = device if tracked else None
     if device is not None:
         store.start_download(device, path.name, size, start)
     sent = 0
@@ -232,13 +269,21 @@ async def send_file(request: web.Request, path: Path, device: Device | None,
                 sent += len(chunk)
                 if device is not None:
                     store.add_bytes(device, len(chunk))
-                await response.write(chunk)
+                # A client that stops reading would hold the connection, the file and the
+                # buffers for ever: each chunk must be taken within send_timeout.
+                async with asyncio.timeout(provisioner.limits.send_timeout):
+                    await response.write(chunk)
         await response.write_eof()
         done = sent == end - start
     except ConnectionError:  # reset, broken pipe, or aiohttp's "Connection lost"
-        log.info("%s: client went away, %d of %d bytes handed over", request.path, sent, end - start)
+        log.info("%s: client went away, %d of %d bytes handed over", ascii(path.name), sent,
+                 end - start)
+    except TimeoutError:
+        log.info("%s: client stalled, %d of %d bytes handed over", ascii(path.name), sent, end - start)
+        if request.transport is not None:
+            request.transport.abort()
     finally:
-        if device is not None:
+        if tracked:
             store.finish_download(device, complete=done and end == size)
     return response
 
@@ -269,101 +314,3 @@ def _range(request: web.Request, size: int, etag: str) -> tuple[int, int, bool] 
     if start >= size or stop <= start:
         return None
     return start, stop, True
-
-
-@dataclass
-class Listener:
-    """One bound socket: its URL and whether it speaks TLS."""
-
-    sock: socket.socket
-    url: str
-    tls: bool
-
-
-def make_tls_context(site: Site) -> ssl.SSLContext | None:
-    """The server-side TLS context from the site's certificate chain and key."""
-    if site.tls is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(site.tls.cert, site.tls.key)
-    except (OSError, ssl.SSLError) as exc:
-        raise BuildError(f"site {site.name!r}: cannot load tls.cert/tls.key: {exc}") from None
-    return context
-
-
-def bind(addresses: list[str], port: int, tls: bool) -> list[Listener]:
-    """Bind a listening socket per address (port 0: any free port); raise BuildError when taken."""
-    out = []
-    for address in addresses:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        try:
-            sock.bind((address, port))
-        except OSError as exc:
-            sock.close()
-            raise BuildError(f"cannot listen on {address} port {port}: {exc.strerror}") from None
-        sock.listen(1024)
-        sock.setblocking(False)
-        host = f"[{address}]" if family == socket.AF_INET6 else address
-        scheme = "https" if tls else "http"
-        out.append(Listener(sock, f"{scheme}://{host}:{sock.getsockname()[1]}", tls))
-    return out
-
-
-class Server:
-    """A running provisioning server: ``start`` binds and serves, ``stop`` closes."""
-
-    def __init__(self, site: Site, out_dir: Path, *, listen: list[str] | None = None,
-                 http_port: int | None = None, https_port: int | None = None,
-                 record: Path | None = None) -> None:
-        status = site.status
-        self.store = StatusStore(status.log_tail if status else 16 * 1024, record)
-        self.provisioner = Provisioner(site, out_dir, self.store, read_token(site))
-        self.listen = listen or [str(a) for a in site.server.listen]
-        self.http_port = site.server.http_port if http_port is None else http_port
-        self.https_port = site.server.https_port if https_port is None else https_port
-        self.tls = make_tls_context(site)
-        self.listeners: list[Listener] = []
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> list[str]:
-        """Bind every listener and start serving; return their URLs."""
-        self.listeners = bind(self.listen, self.http_port, False)
-        if self.tls is not None and self.https_port is not None:
-            self.listeners += bind(self.listen, self.https_port, True)
-        self._runner = web.AppRunner(make_app(self.provisioner), access_log=None,
-                                     handle_signals=False)
-        await self._runner.setup()
-        for listener in self.listeners:
-            site = web.SockSite(self._runner, listener.sock,
-                                ssl_context=self.tls if listener.tls else None)
-            await site.start()
-        return [listener.url for listener in self.listeners]
-
-    async def stop(self) -> None:
-        """Stop serving and close the sockets."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-
-def run_server(server: Server, ready: Callable[[list[str]], Any]) -> None:
-    """Serve until SIGINT or SIGTERM (the CLI's loop); ``ready`` gets the URLs once bound."""
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        urls = await server.start()
-        ready(urls)
-        try:
-            await stop.wait()
-        finally:
-            await server.stop()
-
-    asyncio.run(main())

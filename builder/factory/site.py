@@ -1,4 +1,4 @@
-"""The site model: one factory's subnets, provisioning server, TLS material, status token, and
+"""The site model: one factory's subnets, provisioning server, TLS material, status reports, and
 which installer each platform and each device (by MAC or serial number) gets, as a frozen
 ``Site``; ``builder.factory.sitefile`` reads files into it."""
 
@@ -15,8 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from builder.factory.values import (
     HOSTNAME_RE,
     MAC_RE,
-    MAX_TOKEN,
-    MIN_TOKEN,
     SERIAL_RE,
     SITE_NAME_RE,
     IPAddress,
@@ -78,27 +76,20 @@ class Tls(Model):
 
 
 class Status(Model):
-    """Authenticated status reports: the shared HMAC token and size limits."""
+    """Signed status reports (docs/factory.md, "Status protocol"): size limits. There is no
+    shared secret: each device signs with its own key, registered on first contact."""
 
-    token: str | None = None
-    token_file: Path | None = None
     max_body: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
     log_tail: Annotated[int, Field(ge=0, le=1024 * 1024)] = 16 * 1024
 
-    @field_validator("token")
+    @model_validator(mode="before")
     @classmethod
-    def _token(cls, v: str | None) -> str | None:
-        if v is not None and (not MIN_TOKEN <= len(v) <= MAX_TOKEN or not v.isprintable()
-                              or " " in v or not v.isascii()):
-            raise ValueError(f"expected {MIN_TOKEN} to {MAX_TOKEN} printable ASCII characters "
-                             "without spaces")
-        return v
-
-    @model_validator(mode="after")
-    def _one_token(self) -> Self:
-        if (self.token is None) == (self.token_file is None):
-            raise ValueError("expected exactly one of 'token' or 'token_file'")
-        return self
+    def _no_token(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("token" in data or "token_file" in data):
+            raise ValueError("'token' and 'token_file' are gone: a token baked into the image "
+                             "can be downloaded by anyone; devices now sign reports with keys "
+                             "of their own (docs/factory.md, \"Status protocol\")")
+        return data
 
 
 class Subnet(Model):

@@ -1,7 +1,7 @@
 """Reading a site file: loaded like a recipe (``extends:`` works, errors read
 ``file:line: key.path: message``) into a frozen ``Site``, paths relative to the file that wrote
 them. ``check_site_files`` is the separate step that touches the host (installers,
-certificates and the token file exist)."""
+certificates exist)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,11 @@ from pydantic import ValidationError
 
 from builder.errors import RecipeError
 from builder.factory.site import Site
-from builder.factory.values import MAX_TOKEN, MIN_TOKEN
-from builder.files import FileRefused, read_bounded
 from builder.recipe.document import KeyPath, display_name, format_path
 from builder.recipe.merge import Merged, load_merged
 from builder.recipe.validation import describe_error, resolve_relative
 
 PATH_KEYS = ("installer", "updater")
-MAX_TOKEN_FILE = 4096  # the token is its first line, at most MAX_TOKEN characters
 
 
 def load_site(path: Path) -> tuple[Site, Merged]:
@@ -46,7 +43,7 @@ def _resolve_paths(data: dict[str, Any], merged: Merged) -> None:
     def resolve(value: Any, where: KeyPath) -> Any:
         return resolve_relative(value, where, merged)
 
-    for section, keys in (("tls", ("cert", "key", "ca")), ("status", ("token_file",))):
+    for section, keys in (("tls", ("cert", "key", "ca")),):
         block = data.get(section)
         if isinstance(block, dict):
             for key in keys:
@@ -103,33 +100,11 @@ def _cross_check(site: Site, merged: Merged) -> list[str]:
     return problems
 
 
-def read_token(site: Site) -> bytes | None:
-    """The status HMAC key: inline, or the first line of ``token_file``; None when not set."""
-    if site.status is None:
-        return None
-    if site.status.token is not None:
-        return site.status.token.encode()
-    assert site.status.token_file is not None
-    try:
-        raw = read_bounded(site.status.token_file, MAX_TOKEN_FILE)
-    except FileRefused as exc:
-        raise RecipeError([f"status.token_file: {exc.message}"]) from None
-    lines = raw.decode("utf-8", "replace").splitlines()
-    text = lines[0].strip() if lines else ""
-    if not MIN_TOKEN <= len(text) <= MAX_TOKEN or not text.isascii() or not text.isprintable() \
-            or " " in text:
-        raise RecipeError([f"{site.status.token_file}: expected a token of {MIN_TOKEN} to "
-                           f"{MAX_TOKEN} printable ASCII characters without spaces on its first line"])
-    return text.encode()
-
-
 def check_site_files(site: Site) -> None:
     """Raise RecipeError naming every file the site needs that does not exist."""
     wanted: list[tuple[str, Path | None]] = []
     if site.tls is not None:
         wanted += [("tls.cert", site.tls.cert), ("tls.key", site.tls.key), ("tls.ca", site.tls.ca)]
-    if site.status is not None:
-        wanted.append(("status.token_file", site.status.token_file))
     for section, entries in (("platforms", site.platforms), ("devices", site.devices)):
         for i, entry in enumerate(entries):
             for key in PATH_KEYS:

@@ -24,14 +24,34 @@ class MalformedAnswer(BuildError):
     """A status answer that is not what ``serve`` sends; the message names the part."""
 
 
+MAX_PAGES = 100  # of serve's largest page (10,000 devices): a million devices at most
+
+
 def fetch_status(url: str, cacert: Path | None = None, timeout: float = 10.0) -> dict[str, Any]:
-    """``GET <url>/status.json`` of a running server, checked to be an object with a
-    ``devices`` list; raise BuildError in one line when it is unreachable or malformed."""
+    """Every page of ``<url>/status.json`` (serve pages it: ``offset``, ``limit``, ``total``),
+    joined: an object with a ``devices`` list; raise BuildError in one line when the server is
+    unreachable or an answer is malformed."""
+    data = fetch_page(url, 0, cacert, timeout)
+    devices: list[Any] = data["devices"]
+    total = data.get("total")
+    pages = 1
+    while isinstance(total, int) and len(devices) < total and pages < MAX_PAGES:
+        page = fetch_page(url, len(devices), cacert, timeout)
+        if not page["devices"]:
+            break  # the table shrank meanwhile
+        devices.extend(page["devices"])
+        pages += 1
+    return data
+
+
+def fetch_page(url: str, offset: int, cacert: Path | None, timeout: float) -> dict[str, Any]:
+    """One ``GET <url>/status.json?offset=N&limit=10000``, checked."""
     import requests
 
     target = url.rstrip("/") + "/status.json"
+    params = {"offset": str(offset), "limit": "10000"} if offset else {"limit": "10000"}
     try:
-        with requests.get(target, timeout=timeout, stream=True,
+        with requests.get(target, params=params, timeout=timeout, stream=True,
                           verify=str(cacert) if cacert is not None else True) as response:
             response.raise_for_status()
             body = _read_capped(response.iter_content(1 << 16), target)

@@ -17,10 +17,6 @@ HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 SERIAL_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # A site's name: written into DHCP configurations (comments) and the status page.
 SITE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-MIN_TOKEN = 16
-# One HMAC-SHA256 block: the image's shell HMAC (templates/guest/discovery/lib/report.sh.j2)
-# never hashes the key.
-MAX_TOKEN = 64
 
 
 def normalize_mac(value: str) -> str:

@@ -292,3 +292,18 @@ def test_status_client_follows_the_pages(tmp_path: Path) -> None:
     assert [d["key"] for d in data["devices"]] == ["SN0", "SN1", "SN2", "SN3", "SN4"]
     assert asked == ["/status.json?limit=10000", "/status.json?offset=2&limit=10000",
                      "/status.json?offset=4&limit=10000"]
+
+
+def test_key_and_certificate_files_that_are_fifos(tmp_path: Path) -> None:
+    """Every other file a recipe or command names (keys, CA bundles) is read the same bounded
+    way: a FIFO is refused at once instead of blocking the build."""
+    from builder.errors import BuildError
+    from builder.signing.keys import load_private_key, load_public_key, read_passphrase
+
+    fifo = tmp_path / "key.pem"
+    os.mkfifo(fifo)
+    for load, what in ((load_public_key, "public key"), (load_private_key, "private key"),
+                       (read_passphrase, "passphrase file")):
+        with pytest.raises(BuildError) as info:
+            load(fifo)
+        assert info.value.message == f"{fifo}: cannot read {what}: not a regular file (a FIFO)"

@@ -106,7 +106,7 @@ def test_a_private_key_is_not_a_public_key(tmp_path: Path) -> None:
 
 
 def test_missing_key_file(tmp_path: Path) -> None:
-    with pytest.raises(BuildError, match=r"nope.pub: cannot read public key: No such file"):
+    with pytest.raises(BuildError, match=r"nope.pub: cannot read public key: no such file"):
         load_public_key(tmp_path / "nope.pub")
 
 

@@ -286,7 +286,7 @@ def test_a_missing_trusted_key_fails_the_build_step(keys: Keys, tmp_path: Path) 
     with pytest.raises(BuildError) as err:
         load_trust(recipe.trust, FLOOR)
     assert err.value.message == (f"trust.keys: {tmp_path}/keys/b.pub: cannot read public key: "
-                                 "No such file or directory")
+                                 "no such file")
 
 
 def test_verify_cli_with_a_recipe(keys: Keys, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from builder.errors import BuildError
+from builder.files import FileRefused, read_bounded
 from builder.images.context import ImageContext
 from builder.process import find_tool, run
 from builder.recipe.model import Recipe
@@ -60,8 +61,8 @@ def key_bits(key: Path) -> int:
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     try:
-        private = load_pem_private_key(key.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
+        private = load_pem_private_key(read_bounded(key, 1 << 20), password=None)
+    except (FileRefused, ValueError, TypeError) as exc:
         raise BuildError(f"images.fit.key: {key}: not an unencrypted PEM private key ({exc})") from None
     if not isinstance(private, rsa.RSAPrivateKey) or private.key_size not in (2048, 3072, 4096):
         raise BuildError(f"images.fit.key: {key}: expected an RSA key of 2048, 3072 or 4096 bits")

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from builder.errors import BuildError
+from builder.files import FileRefused, read_bounded
 from builder.initramfs.tree import Tree
 from builder.recipe.implied import ISCSI_MODULES
 from builder.recipe.model import Recipe
@@ -35,6 +36,7 @@ PATHS = {
     "dhcpcd_hook": "/lib/onie/dhcpcd.hook",
 }
 # The prefix of the default initiator name: <prefix>:<machine>:<serial> (RFC 3720 3.2.6.3.1).
+MAX_PEM_FILE = 1 << 20  # a CA bundle or CHAP file the recipe names; more is not one
 INITIATOR_PREFIX = "iqn.2024-01.org.onie-builder"
 CHAP_USER_RE = re.compile(r"[A-Za-z0-9._:@-]{1,255}")
 CHAP_TARGET_RE = re.compile(r"\*|(?:iqn|eui|naa)\.[A-Za-z0-9.:-]{1,219}")
@@ -74,8 +76,8 @@ def make_ca_bundle(paths: list[Path]) -> bytes:
     out: list[bytes] = []
     for path in paths:
         try:
-            certs = x509.load_pem_x509_certificates(path.read_bytes())
-        except (OSError, ValueError) as exc:
+            certs = x509.load_pem_x509_certificates(read_bounded(path, MAX_PEM_FILE))
+        except (FileRefused, ValueError) as exc:
             raise BuildError(f"{path}: transports.https.ca: expected PEM certificates ({exc})") from None
         out += [c.public_bytes(serialization.Encoding.PEM) for c in certs]
     return b"".join(out)
@@ -125,8 +127,8 @@ def install_transports(tree: Tree, recipe: Recipe) -> None:
                       origin="transports:https.ca")
     if t.iscsi.enabled and t.iscsi.chap is not None:
         try:
-            text = t.iscsi.chap.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
+            text = read_bounded(t.iscsi.chap, MAX_PEM_FILE).decode()
+        except (FileRefused, UnicodeDecodeError) as exc:
             raise BuildError(f"{t.iscsi.chap}: transports.iscsi.chap: cannot read it ({exc})") from None
         tree.add_file(PATHS["chap"], data=render_chap(parse_chap(text, str(t.iscsi.chap))),
                       mode=0o600, origin="transports:iscsi.chap", secret=True)

@@ -20,10 +20,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from builder.errors import BuildError
+from builder.files import FileRefused, read_bounded
 
 PublicKeyObject = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 PrivateKeyObject = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
+MAX_KEY_FILE = 1 << 20  # a PEM key or passphrase file; anything larger is not one
 SUPPORTED = "Ed25519, ECDSA P-256, RSA-3072 or RSA-4096"
 
 
@@ -131,18 +133,18 @@ def parse_public_key(data: bytes, where: str, source: Path | None = None) -> Pub
 def load_public_key(path: Path) -> PublicKey:
     """Read a PEM public key file."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BuildError(f"{path}: cannot read public key: {exc.strerror}") from None
+        data = read_bounded(path, MAX_KEY_FILE)
+    except FileRefused as exc:
+        raise BuildError(f"{path}: cannot read public key: {exc.reason}") from None
     return parse_public_key(data, str(path), path)
 
 
 def read_passphrase(path: Path) -> bytes:
     """The passphrase in ``path``: its first line without the line ending (as openssl's file:)."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BuildError(f"{path}: cannot read passphrase file: {exc.strerror}") from None
+        data = read_bounded(path, MAX_KEY_FILE)
+    except FileRefused as exc:
+        raise BuildError(f"{path}: cannot read passphrase file: {exc.reason}") from None
     line = data.split(b"\n", 1)[0].removesuffix(b"\r")
     if not line:
         raise BuildError(f"{path}: the passphrase file's first line is empty")
@@ -152,9 +154,9 @@ def read_passphrase(path: Path) -> bytes:
 def load_private_key(path: Path, passphrase: bytes | None = None) -> PrivateKey:
     """Read a PEM private key file, decrypting it with ``passphrase`` when it is protected."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BuildError(f"{path}: cannot read private key: {exc.strerror}") from None
+        data = read_bounded(path, MAX_KEY_FILE)
+    except FileRefused as exc:
+        raise BuildError(f"{path}: cannot read private key: {exc.reason}") from None
     try:
         obj = serialization.load_pem_private_key(data, passphrase)
     except TypeError:

@@ -29,7 +29,13 @@ def debian_cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
     from builder.components.cache import Cache
 
     explicit = os.environ.get("ONIE_BUILDER_CACHE")
-    return Cache(Path(explicit) if explicit else tmp_path_factory.mktemp("cache"))
+    if explicit:
+        return Cache(Path(explicit))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One cache for the session's workers (their temp folders share this parent): a
+        # package is downloaded once; the cache's writes are atomic renames.
+        return Cache(tmp_path_factory.getbasetemp().parent / "cache")
+    return Cache(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ picks a fault, the rest of the path names a file under the served root.
 | `/busy/F` | the first GET: 503; later ones: F |
 | `/short/F` | a Content-Length 1000 bytes longer than F, F, then the connection closed |
 | `/loop/F` | 302 to itself, forever |
+| `/seq/F` | the Nth GET without Range as the Nth fault of the server's `sequence` (the last one
+  repeats); with Range: 206 (one boot meets every fault, a discovery round each) |
 
 With `tls_stall_port` set, a second listener there accepts TCP connections and never answers
 (a TLS server stuck in its handshake). Every request is one JSON line in the log file: method,
@@ -71,6 +73,9 @@ class Handler(socketserver.StreamRequestHandler):
                 self.server.record(self.entry)
 
     def dispatch(self, fault: str, name: str, path: str) -> None:
+        if fault == "seq":
+            fault = "good" if self.range_start is not None else self.server.next_fault()
+            path = f"/{fault}/{name}"
         if fault == "loop":
             self.answer(302, b"", {"Location": path})
             return
@@ -157,7 +162,8 @@ class FaultServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, root: Path, address: str, port: int, log: Path | None) -> None:
+    def __init__(self, root: Path, address: str, port: int, log: Path | None,
+                 sequence: tuple[str, ...] = ("good",)) -> None:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.address_family = family
         super().__init__((address, port), Handler)
@@ -167,6 +173,14 @@ class FaultServer(socketserver.ThreadingTCPServer):
         self.seen: set[str] = set()
         self.lock = threading.Lock()
         self.held: list[socket.socket] = []
+        self.sequence = sequence
+        self.served = 0
+
+    def next_fault(self) -> str:
+        with self.lock:
+            fault = self.sequence[min(self.served, len(self.sequence) - 1)]
+            self.served += 1
+            return fault
 
     def read(self, name: str) -> bytes | None:
         path = self.root / name
@@ -216,9 +230,10 @@ class FaultServer(socketserver.ThreadingTCPServer):
 
 
 def serve(root: Path, address: str = "127.0.0.1", port: int = 0, log: Path | None = None,
-          tls_stall_port: int | None = None) -> tuple[FaultServer, int | None]:
+          tls_stall_port: int | None = None,
+          sequence: tuple[str, ...] = ("good",)) -> tuple[FaultServer, int | None]:
     """Start a server in a thread; returns it and the stalling TLS port (if asked for)."""
-    server = FaultServer(root, address, port, log)
+    server = FaultServer(root, address, port, log, sequence)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     stall = server.stall_tls(address, tls_stall_port) if tls_stall_port is not None else None
     return server, stall
@@ -228,7 +243,8 @@ def main(argv: list[str]) -> int:
     """faultserver.py CONFIG.json: root, address, port, log, tls_stall_port."""
     config = json.loads(Path(argv[1]).read_text())
     server, _ = serve(Path(config["root"]), config["address"], config["port"],
-                      Path(config["log"]), config.get("tls_stall_port"))
+                      Path(config["log"]), config.get("tls_stall_port"),
+                      tuple(config.get("sequence", ["good"])))
     print(READY, flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         threading.Event().wait()

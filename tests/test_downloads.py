@@ -126,7 +126,7 @@ def ash_fetch(tmp_path: Path, server: FaultServer, cases: list[str]) -> dict[str
         for case in cases)
     script = (f". {shlex.quote(str(lib))}\nSERIAL=SN1 ETH_ADDR=52:54:00:12:34:56 SEC_KEY= "
               "OPERATION=os-install STALL_TIMEOUT=2 TRANSFER_TIMEOUT=6 PROGRESS_INTERVAL=2 "
-              f"RESUME_COUNT=2 DOWNLOAD_DIR=$RUN\nrun_setup\n{body}\n")
+              f"RESUME_COUNT=2\nrun_setup\n{body}\n")
     proc = subprocess.run(["busybox", "ash", "-c", script], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path, env={"PATH": os.environ["PATH"]})
     said = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line
@@ -180,7 +180,7 @@ def test_fetch_stops_cleanly_when_space_runs_out(faults: tuple[FaultServer, int]
     lib = tmp_path / "lib.sh"
     lib.write_text(render("guest/discovery.sh.j2", kvm(), tmp_path, library=True))
     (tmp_path / "run").mkdir()
-    script = (f". {shlex.quote(str(lib))}\nSTALL_TIMEOUT=2 TRANSFER_TIMEOUT=6 DOWNLOAD_DIR=$RUN\nrun_setup\n"
+    script = (f". {shlex.quote(str(lib))}\nSTALL_TIMEOUT=2 TRANSFER_TIMEOUT=6\nrun_setup\n"
               "cat() { command cat \"$@\" > /dev/full; }\n"
               f"fetch {shlex.quote(url(server, '/good/f'))} \"$PWD/got\" || echo \"fail: $FETCH_ERROR\"\n"
               "[ -e got ] && echo left\n")

@@ -159,7 +159,8 @@ def make_plan(recipe: Recipe, kernel_release: str, builder_version: str) -> Plan
         transfer_timeout=t.transfer,
         stall_timeout=t.stall,
         tftp_timeout=t.tftp,
-        download_dir=d.downloads.dir,
+        # Empty for the default: the run folder, whichever it is (tests run the script elsewhere).
+        download_dir="" if d.downloads.dir == PATHS["run"] else d.downloads.dir,
         resume_count=d.downloads.resume,
         progress_interval=d.downloads.progress,
         local_wait_ms=round(t.local * 1000),

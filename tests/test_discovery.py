@@ -90,18 +90,23 @@ discovery:
   insecure: true
   interfaces: [eth1]
   backoff: {{first: 0.5, limit: 8, jitter: 0.1}}
-  timeouts: {{connect: 5, tftp: 1, local: 0.25}}
+  timeouts: {{connect: 5, tftp: 1, local: 0.25, stall: 4}}
+  downloads: {{dir: /mnt/dl, resume: 1, progress: 9}}
 """)
     plan = make_plan(load_recipe(tmp_path / "r.yaml")[0], KERNEL, "0.1.0")
     assert plan.methods == (Method.LOCAL, Method.INSTALL_URL)
     assert not plan.uses_network
     assert (plan.backoff_first_ms, plan.backoff_limit_ms, plan.backoff_jitter_pct) == (500, 8000, 10)
     assert (plan.connect_timeout, plan.tftp_timeout, plan.local_wait_ms) == (5, 1, 250)
+    assert (plan.stall_timeout, plan.download_dir, plan.resume_count,
+            plan.progress_interval) == (4, "/mnt/dl", 1, 9)
     assert plan.interfaces == ("eth1",) and plan.insecure
     assert plan.after_install is AfterInstall.POWEROFF
     script = render("guest/discovery.sh.j2", load_recipe(tmp_path / "r.yaml")[0])
     assert "\nMETHODS='local install_url'\n" in script
     assert "\nAFTER_INSTALL=poweroff\n" in script
+    assert ("\nSTALL_TIMEOUT=4\nRESUME_COUNT=1\nPROGRESS_INTERVAL=9\n"
+            "DOWNLOAD_DIR=/mnt/dl  # empty: RUN\n") in script
 
 
 @pytest.mark.parametrize(("block", "message"), [
@@ -115,6 +120,10 @@ discovery:
     ("timeouts: {connect: 0}", "discovery.timeouts.connect: expected a number >= 1, got 0"),
     ("interfaces: ['eth0;reboot']", "discovery.interfaces[0]: string should match pattern"
                                     " '^[A-Za-z0-9_.-]{1,15}$', got 'eth0;reboot'"),
+    ("timeouts: {stall: 0}", "discovery.timeouts.stall: expected a number >= 1, got 0"),
+    ("downloads: {resume: -1}", "discovery.downloads.resume: expected a number >= 0, got -1"),
+    ("downloads: {dir: 'dl;x'}", "discovery.downloads.dir: string should match pattern"
+                                 " '^/[A-Za-z0-9._/-]{0,200}$', got 'dl;x'"),
     ("insecur: true", "discovery.insecur: unknown key; did you mean 'insecure'?"),
 ])
 def test_bad_discovery_sections(tmp_path: Path, block: str, message: str) -> None:

@@ -131,9 +131,12 @@ def run_https(lab: Lab, urls: list[str], *, floor: int = 0, pins: tuple[str, ...
     values = {"https": {"ca_file": str(lab.ca), "has_ca": 1 if has_ca else 0, "pins": list(pins),
                         "floor": floor, "redirects": redirects, "run": str(work / "run")}}
     lib = work / "https.sh"
-    lib.write_text(render_template(make_environment(), "guest/discovery/lib/https.sh.j2", values))
+    # https_get runs under the download watchdog (lib/transfer.sh.j2, with say and nap).
+    lib.write_text("".join(render_template(make_environment(), f"guest/discovery/lib/{name}.sh.j2",
+                                           values) + "\n"
+                           for name in ("console", "transfer", "https")))
     for tool in ("sh", "cat", "head", "tail", "grep", "sed", "awk", "tr", "wc", "rm", "mkdir",
-                 "timeout", "sha256sum", "printf", "date"):
+                 "timeout", "sha256sum", "printf", "date", "stat", "df", "mkfifo", "sleep"):
         (work / "bin" / tool).symlink_to(busybox)
     (work / "bin" / "openssl").symlink_to(openssl)
     # A switch whose clock is wrong (BusyBox ash runs its own `date` whatever PATH says, so
@@ -142,7 +145,9 @@ def run_https(lab: Lab, urls: list[str], *, floor: int = 0, pins: tuple[str, ...
     driver = r"""
 . "$LIB"
 $WRONG_CLOCK
-CONNECT_TIMEOUT=5 TRANSFER_TIMEOUT=20
+CONNECT_TIMEOUT=5 TRANSFER_TIMEOUT=20 STALL_TIMEOUT=15 PROGRESS_INTERVAL=5 LOG=/dev/null
+NAP_FIFO=$OUT.nap
+mkfifo "$NAP_FIFO"
 n=0
 for url in "$@"; do
     n=$((n + 1))

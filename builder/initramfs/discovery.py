@@ -88,7 +88,11 @@ class Plan:
     dhcp_interval: int
     connect_timeout: int
     transfer_timeout: int
+    stall_timeout: int
     tftp_timeout: int
+    download_dir: str
+    resume_count: int
+    progress_interval: int
     local_wait_ms: int
     backoff_first_ms: int
     backoff_limit_ms: int
@@ -153,7 +157,12 @@ def make_plan(recipe: Recipe, kernel_release: str, builder_version: str) -> Plan
         dhcp_interval=t.dhcp_interval,
         connect_timeout=t.connect,
         transfer_timeout=t.transfer,
+        stall_timeout=t.stall,
         tftp_timeout=t.tftp,
+        # Empty for the default: the run folder, whichever it is (tests run the script elsewhere).
+        download_dir="" if d.downloads.dir == PATHS["run"] else d.downloads.dir,
+        resume_count=d.downloads.resume,
+        progress_interval=d.downloads.progress,
         local_wait_ms=round(t.local * 1000),
         usb_settle_ms=min(USB_SETTLE_MS, round(t.local * 1000)),
         backoff_first_ms=round(d.backoff.first * 1000),

@@ -207,7 +207,8 @@ class Timeouts(Model):
     dhcp_tries: Annotated[int, Field(ge=1, le=60)] = 4  # DHCPDISCOVERs per round
     dhcp_interval: Annotated[int, Field(ge=1, le=60)] = 1  # seconds between them
     connect: Annotated[int, Field(ge=1, le=300)] = 2  # an HTTP server's liveness probe
-    transfer: Annotated[int, Field(ge=1, le=86400)] = 600  # one whole download
+    transfer: Annotated[int, Field(ge=1, le=86400)] = 600  # one download attempt, whole
+    stall: Annotated[int, Field(ge=1, le=3600)] = 15  # a download that gets no byte this long
     tftp: Annotated[int, Field(ge=1, le=300)] = 3  # a TFTP request with no answer
     local: Annotated[float, Field(ge=0, le=60)] = 3.0  # wait for USB disks being probed
 
@@ -217,6 +218,16 @@ def _unique_methods(v: list[Method]) -> list[Method]:
     if seen:
         raise ValueError(f"expected each method once, got {seen[0].value!r} twice")
     return v
+
+
+class Downloads(Model):
+    """Where installers are downloaded to and how often a broken download is resumed."""
+
+    # A folder in the guest (e.g. a disk partition's mount point); used when it exists at
+    # download time, else /run/onie (tmpfs) with a console line saying so.
+    dir: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._/-]{0,200}$")] = "/run/onie"
+    resume: Annotated[int, Field(ge=0, le=100)] = 3  # continuations after a broken transfer
+    progress: Annotated[int, Field(ge=1, le=3600)] = 5  # seconds between progress lines
 
 
 class Discovery(Model):
@@ -231,6 +242,7 @@ class Discovery(Model):
     interfaces: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]] = []
     backoff: Backoff = Backoff()
     timeouts: Timeouts = Timeouts()
+    downloads: Downloads = Downloads()
 
 
 class FitImage(Model):

@@ -304,3 +304,23 @@ def test_boot_installer_without_netns_is_refused(image: Path) -> None:
     proc = run_cli("boot", str(image), "--installer", str(image / "vmlinuz"), check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: --installer needs --netns (the test bed that serves it)"
+
+
+def test_forty_unreachable_option_72_servers_each_get_a_whole_line(image: Path, lab: Lab) -> None:
+    """Issue #16: with 40 option-72 web servers probed at once, every one of them gets its own
+    whole console line (none lost or cut into by another), then the sweep reaches the DHCP
+    server, which has the installer."""
+    www = lab.tmp / "www"
+    script_installer(www / "onie-installer", "sweep40")
+    HttpServer(lab.ns, www, lab.tmp / "httpd", address=lab.server).start()
+    dead = [f"{lab.net}.{100 + i}" for i in range(40)]  # nothing answers ARP there
+    lab.dnsmasq(options=["72," + ",".join(dead)])
+    with lab.boot(image) as console:
+        text = finish(console)
+    said = lines(text)
+    failed = [line for line in said if line.startswith("fail http://") and "no answer" in line]
+    assert len(failed) == 40, failed
+    for ip, line in zip(dead, failed, strict=True):  # in the sweep's order, each one whole
+        assert re.fullmatch(rf"fail http://{re.escape(ip)}/ no answer on port 80 within \d+s", line), line
+    assert index_of(said, rf"^found http://{re.escape(lab.server)}/onie-installer$") > \
+        index_of(said, rf"^fail http://{re.escape(dead[-1])}/ ")

@@ -14,7 +14,7 @@ from builder import __version__
 from builder.components.resolve import Resolution, ResolvedComponent
 from builder.components.unpacked import package_mode, resolve_inside
 from builder.errors import BuildError
-from builder.initramfs import discovery, eeprom, transports, trust
+from builder.initramfs import discovery, eeprom, netservices, transports, trust
 from builder.initramfs.applets import find_shadowed, find_shell_busybox
 from builder.initramfs.elf import install_elf_closure, parse_elf
 from builder.initramfs.grubdir import install_grub_folder
@@ -107,6 +107,7 @@ class Context:
             **trust.template_values(self.recipe, self.source_date_epoch),
             **transports.template_values(self.recipe, self.source_date_epoch),
             **eeprom.template_values(self.recipe),
+            **netservices.template_values(self.recipe, self.source_date_epoch),
         }
 
 

@@ -21,8 +21,8 @@ from builder.recipe.model import AfterInstall, Method, Recipe
 ONIE_ENTERPRISE = 42623  # IANA enterprise number of the ONIE project (VIVSO, option 125)
 USER_CLASS = "onie_dhcp_user_class"  # option 77, as ONIE sends it
 # The options ONIE's DHCP client asks for, plus 150 (TFTP server addresses, RFC 5859), 17 (the
-# iSCSI root path, RFC 4173) and 83 (iSNS servers, RFC 4174).
-REQUEST_OPTIONS = (7, 17, 43, 54, 66, 67, 72, 83, 114, 125, 150)
+# iSCSI root path, RFC 4173), 83 (iSNS servers, RFC 4174) and 42 (NTP servers, RFC 2132).
+REQUEST_OPTIONS = (7, 17, 42, 43, 54, 66, 67, 72, 83, 114, 125, 150)
 # Sub-options of the VIVSO option a client sends: 3 machine, 4 arch, 5 machine revision.
 VIVSO_MACHINE, VIVSO_ARCH, VIVSO_REV = 3, 4, 5
 NETWORK_METHODS = frozenset({Method.DHCP_URL, Method.ISCSI, Method.HTTP, Method.TFTP,
@@ -55,7 +55,8 @@ TEMPLATES = (("guest/discovery.sh.j2", "script", 0o755), ("guest/lib/udhcpc.sh.j
 DHCP_FIELDS = ("interface", "ip", "mask", "subnet", "router", "dns", "domain", "hostname",
                "serverid", "siaddr", "sname", "boot_file", "bootfile", "tftp", "lease",
                "broadcast", "opt72", "opt114", "opt125", "opt150",
-               "rootpath", "opt83")  # option 17 (RFC 4173 root path) and 83 (iSNS, RFC 4174)
+               "rootpath", "opt83",  # option 17 (RFC 4173 root path) and 83 (iSNS, RFC 4174)
+               "ntpsrv", "opt7")  # options 42 (NTP) and 7 (logs; udhcpc has no name for it)
 
 
 @dataclass(frozen=True)

@@ -213,6 +213,31 @@ class Timeouts(Model):
     local: Annotated[float, Field(ge=0, le=60)] = 3.0  # wait for USB disks being probed
 
 
+# A DNS name (or an IPv4 address, which has the same form); a log server may add ":PORT"
+# (what BusyBox syslogd -R takes).
+LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+HOST_RE = re.compile(rf"{LABEL}(\.{LABEL})*")
+
+
+def _ntp_server(v: str) -> str:
+    if len(v) > 253 or not HOST_RE.fullmatch(v):
+        raise ValueError(f"expected an IPv4 address or a host name, got {v!r}")
+    return v
+
+
+def _log_server(v: str) -> str:
+    host, _, port = v.partition(":")
+    if (len(host) > 253 or not HOST_RE.fullmatch(host)
+            or (port and not (port.isdigit() and not port.startswith("0") and int(port) <= 65535))
+            or v.endswith(":")):
+        raise ValueError(f"expected HOST or HOST:PORT (port 1-65535), got {v!r}")
+    return v
+
+
+NtpServer = Annotated[str, AfterValidator(_ntp_server)]
+LogServer = Annotated[str, AfterValidator(_log_server)]
+
+
 def _unique_methods(v: list[Method]) -> list[Method]:
     seen = [m for i, m in enumerate(v) if m in v[:i]]
     if seen:
@@ -243,6 +268,10 @@ class Discovery(Model):
     backoff: Backoff = Backoff()
     timeouts: Timeouts = Timeouts()
     downloads: Downloads = Downloads()
+    # RFC 3927 when DHCP gives no lease, then ONIE's neighbour sweep (docs/discovery.md).
+    link_local: bool = True
+    ntp: list[NtpServer] = []  # tried after DHCP option 42's, before any HTTPS or signature date
+    syslog: list[LogServer] = []  # every discovery line also goes there, beside option 7's
 
 
 class FitImage(Model):

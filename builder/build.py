@@ -20,7 +20,7 @@ from builder.components.lock import Lock
 from builder.components.resolve import Resolution, Resolver, find_apt_sources
 from builder.images import image_inputs, make_images
 from builder.images.context import ImageContext
-from builder.initramfs import facts, transports
+from builder.initramfs import facts, ssh, transports
 from builder.initramfs.assemble import Context, make_tree, render_mode_notes
 from builder.initramfs.cpio import WrittenLayer, compress, layer_of, make_initramfs
 from builder.initramfs.sizes import ComponentSize, measure_components
@@ -78,6 +78,8 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
         tree = make_tree(Context(recipe, resolution, options.source_date_epoch))
         for note in render_mode_notes(tree):
             step(f"{platform}: {note}")
+    for warning in ssh.render_warnings(recipe):
+        log.warning("%s: warning: %s", platform, warning)
     staging = make_staging(options.out_dir, platform)
     try:
         outputs, layers = write_outputs(staging, recipe, resolution, tree, options, cache, step)
@@ -214,7 +216,7 @@ def input_paths(recipe: Recipe, recipe_files: list[Path], options: BuildOptions)
     local = [c.path for c in (recipe.kernel, *recipe.initramfs.components) if c.path is not None]
     paths = [*recipe_files, PACKAGE_DIR, BUILTIN_TEMPLATES, *recipe.templates,
              *recipe.initramfs.overlays, *local, *recipe.trust.keys,
-             *image_inputs(recipe), *transports.input_files(recipe),
+             *image_inputs(recipe), *transports.input_files(recipe), *ssh.input_files(recipe),
              *([recipe.provenance.key] if recipe.provenance.key else [])]
     return paths + ([options.lock_path] if options.lock_path else [])
 
@@ -279,6 +281,7 @@ def render_manifest(recipe: Recipe, recipe_files: list[Path], resolution: Resolu
                       "components": [{"name": s.name, "entries": s.entries, "bytes": s.bytes,
                                       "compressed": s.compressed} for s in sizes]},
         "trust": describe_trust(load_trust(recipe.trust, options.source_date_epoch)),
+        "ssh": ssh.describe_ssh(recipe),
         "provenance": describe_provenance(recipe),
     }
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"

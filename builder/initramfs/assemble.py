@@ -14,7 +14,7 @@ from builder import __version__
 from builder.components.resolve import Resolution, ResolvedComponent
 from builder.components.unpacked import package_mode, resolve_inside
 from builder.errors import BuildError
-from builder.initramfs import discovery, eeprom, netservices, transports, trust
+from builder.initramfs import discovery, eeprom, netservices, ssh, transports, trust
 from builder.initramfs.applets import find_shadowed, find_shell_busybox
 from builder.initramfs.elf import install_elf_closure, parse_elf
 from builder.initramfs.grubdir import install_grub_folder
@@ -108,6 +108,7 @@ class Context:
             **transports.template_values(self.recipe, self.source_date_epoch),
             **eeprom.template_values(self.recipe),
             **netservices.template_values(self.recipe, self.source_date_epoch),
+            **ssh.template_values(self.recipe),
         }
 
 
@@ -125,6 +126,7 @@ def make_tree(context: Context) -> Tree:
     trust.install_trust(tree, trust.load_trust(context.recipe.trust, context.source_date_epoch))
     transports.install_transports(tree, context.recipe)
     eeprom.install_eeprom(tree, context.recipe)
+    ssh.install_ssh(tree, context.recipe)
     for overlay in context.recipe.initramfs.overlays:
         if not overlay.is_dir():
             raise BuildError(f"{overlay}: overlay folder does not exist")
@@ -253,7 +255,8 @@ def install_templates(tree: Tree, context: Context) -> None:
               "shadowed_applets": find_shadowed(tree, tree.owners) if shell else []}
     platform = context.recipe.platform
     wanted = [*TEMPLATES, *((name, dest, mode) for name, dest, mode, key in PLATFORM_TEMPLATES
-                            if getattr(platform, key) is not None)]
+                            if getattr(platform, key) is not None),
+              *ssh.templates(context.recipe)]
     names = [name for name, _, _ in wanted]
     files = template_sources(env, names)
     for name, dest, mode in wanted:

@@ -17,10 +17,13 @@ ISNS_BINARIES = ("/usr/sbin/isnsadm",)
 # UEFI installers (efibootmgr, efivar; docs/onie-contract.md F9) need efivarfs, a module in
 # Debian's kernels: /init mounts it when booted by UEFI and the kernel loads it for that mount.
 UEFI_MODULE = "efivarfs"
+# SSH (builder/recipe/ssh.py): Debian's dropbear server and its key generator for the host key.
+SSH_BINARIES = ("/usr/sbin/dropbear", "/usr/bin/dropbearkey")
 
 
 def implied_components(recipe: Recipe) -> list[Component]:
-    """The Debian components the enabled transports need, unless the recipe already has them."""
+    """The Debian components the enabled transports and SSH need, unless the recipe already
+    has them."""
     wanted: list[tuple[str, tuple[str, ...]]] = []
     if recipe.transports.https.ca:
         wanted.append(("openssl", ("/usr/bin/openssl",)))
@@ -29,6 +32,8 @@ def implied_components(recipe: Recipe) -> list[Component]:
         wanted.append(("open-isns-utils", ISNS_BINARIES))
     if recipe.transports.ipv6.enabled and recipe.transports.ipv6.dhcpv6:
         wanted.append(("dhcpcd-base", ("/usr/sbin/dhcpcd",)))
+    if recipe.ssh.on:
+        wanted.append(("dropbear-bin", SSH_BINARIES))
     have = {b for c in (*recipe.initramfs.components, *(c for _, c in recipe.initramfs.tools))
             for b in c.binaries}
     return [Component(debian=name, binaries=[b for b in binaries if b not in have])

@@ -16,7 +16,7 @@ from builder.recipe.model import Recipe
 from builder.recipe.validation import describe_error, resolve_relative
 
 PATH_FIELDS: tuple[KeyPath, ...] = (("templates",), ("initramfs", "overlays"), ("trust", "keys"),
-                                    ("transports", "https", "ca"))
+                                    ("transports", "https", "ca"), ("ssh", "authorized_keys"))
 # Single paths, resolved like the lists above.
 PATH_SCALARS: tuple[KeyPath, ...] = (("transports", "iscsi", "chap"),
                                      ("images", "fit", "key"), ("images", "fit", "dtb"),

@@ -1,5 +1,5 @@
 """The recipe model: the frozen ``Recipe`` value and its sections (platform, components,
-kernel, initramfs, discovery, images, trust); ``load`` reads files into it.
+kernel, initramfs, discovery, images, trust, ssh); ``load`` reads files into it.
 
 Validation goes through pydantic (typed, frozen models with ``extra="forbid"``); every
 problem is reported at once as ``file:line: key.path: message, got 'value'``.
@@ -24,6 +24,7 @@ from builder.recipe.base import Hex64, Model
 from builder.recipe.component import Component, InTreePath, Source
 from builder.recipe.eeprom import Eeprom
 from builder.recipe.formats import Compression, ImageFormat
+from builder.recipe.ssh import Ssh
 from builder.recipe.transports import Transports
 
 NAME_RE = re.compile(r"^[a-z0-9]+$")
@@ -375,6 +376,7 @@ class Recipe(Model):
     images: Images = Images()
     transports: Transports = Transports()
     provenance: Provenance = Provenance()
+    ssh: Ssh = Ssh()  # operator access (builder/recipe/ssh.py)
 
     @field_validator("images")
     @classmethod

@@ -149,4 +149,5 @@ def test_sources_of_one_package_and_an_unknown_one(tmp_path: Path, point_release
                    "--package", "bash", env=cache_env, check=False)
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[0] == "error: x86_64-qemu_x86_64-r0 uses no source package 'bash'"
-    assert proc.stderr.splitlines()[1].startswith("hint: its sources: busybox, gcc-12, glibc, linux,")
+    assert proc.stderr.splitlines()[1].startswith("hint: its sources: busybox, gcc-12, glibc, libbsd, "
+                                                  "libmd, linux,")

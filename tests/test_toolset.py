@@ -71,7 +71,8 @@ def test_discovery_only_leaves_the_toolset_out(tmp_path: Path) -> None:
     assert recipe.initramfs.discovery_only and recipe.initramfs.tools == []
     assert recipe.initramfs.toolset  # still declared: the switch alone decides
     assert implied_modules(recipe) == []
-    assert [c.debian for c in recipe.initramfs.components] == ["busybox-static", "openssl"]
+    # discovery's own: busybox-static, openssl (signatures, HTTPS), rdate (the clock, #18)
+    assert [c.debian for c in recipe.initramfs.components] == ["busybox-static", "openssl", "rdate"]
 
 
 BAD = [

@@ -82,7 +82,7 @@ def test_discovery_only_image(built: Callable[[str], Path], tmp_path: Path,
     assert not {"/bin/sh", "/usr/lib/onie/busybox", "/sbin/sgdisk", "/usr/sbin/grub-install"} & files
     assert not [p for p in files if p.endswith("/efivarfs.ko")]
     assert [c["name"] for c in result["components"]] == [
-        "debian:busybox-static", "debian:openssl", "kernel modules", "environment"]
+        "debian:busybox-static", "debian:openssl", "debian:rdate", "kernel modules", "environment"]
     full = manifest(built("qemu_x86_64"))
     assert small["outputs"]["initrd.img"]["size"] < full["outputs"]["initrd.img"]["size"] - 2_000_000
 

@@ -18,18 +18,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EPOCH, ROOT
+from tests.test_site import GOOD
 
 MAX_MEMORY = 1 << 30  # address space of the command: the alias bomb took 2 GiB before
 MAX_SECONDS = 30  # and 30-40 s
 
-SITE = """\
-name: lab
-server:
-  address: 10.200.5.1
-subnets:
-  - network: 10.200.5.0/24
-    pool: [10.200.5.50, 10.200.5.60]
-"""
+SITE = GOOD  # the smallest valid site file (tests/test_site.py)
 
 
 def _limit() -> None:

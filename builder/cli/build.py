@@ -12,6 +12,7 @@ import click
 
 from builder.cli.common import (
     DEFAULT_RECIPE,
+    archive_options,
     find_recipe_file,
     handle_errors,
     log,
@@ -114,12 +115,7 @@ def lock(ctx: click.Context, names: tuple[str, ...], lock_path: Path | None,
 @click.argument("names", nargs=-1)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"),
               show_default=True, help="Output folder; each platform goes to OUT/<platform>/.")
-@click.option("--lock", "lock_path", type=click.Path(path_type=Path), default=None,
-              help="Build from this lock file (default: onie-builder.lock when it exists).")
-@click.option("--no-lock", is_flag=True, help="Ignore onie-builder.lock; resolve from the archive.")
-@click.option("--offline", is_flag=True, help="Use only the cache; fail rather than download.")
-@click.option("--mirror", default=None, metavar="'URI SUITES [COMPONENTS]'",
-              help="Debian archive to use instead of the host's apt sources.")
+@archive_options
 @click.option("--force", is_flag=True, help="Rebuild even when the inputs have not changed.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--all", "all_platforms", is_flag=True,

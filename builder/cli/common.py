@@ -96,3 +96,17 @@ def make_cache(ctx: click.Context, offline: bool = False) -> Any:
     return Cache(ctx.obj["cache_dir"], offline=offline, on_download=DownloadProgress().start)
 
 
+def archive_options(command: F) -> F:
+    """``--lock``, ``--no-lock``, ``--offline`` and ``--mirror``: where the Debian packages of a
+    command that resolves a recipe come from (``build``, ``sources``)."""
+    for option in reversed((
+        click.option("--lock", "lock_path", type=click.Path(path_type=Path), default=None,
+                     help="Resolve from this lock file (default: onie-builder.lock when it exists)."),
+        click.option("--no-lock", is_flag=True,
+                     help="Ignore onie-builder.lock; resolve from the archive."),
+        click.option("--offline", is_flag=True, help="Use only the cache; fail rather than download."),
+        click.option("--mirror", default=None, metavar="'URI SUITES [COMPONENTS]'",
+                     help="Debian archive to use instead of the host's apt sources."),
+    )):
+        command = option(command)
+    return command

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from builder.cli.common import DEFAULT_RECIPE, find_recipe_file, handle_errors, log, make_cache
+from builder.cli.common import (
+    DEFAULT_RECIPE,
+    archive_options,
+    find_recipe_file,
+    handle_errors,
+    log,
+    make_cache,
+)
 from builder.errors import BuildError
 
 
@@ -17,12 +24,7 @@ from builder.errors import BuildError
               help="Folder the source packages are downloaded into.")
 @click.option("--package", "only", multiple=True, metavar="SOURCE",
               help="Only this source package (repeat); default: every one the platform uses.")
-@click.option("--lock", "lock_path", type=click.Path(path_type=Path), default=None,
-              help="Resolve from this lock file (default: onie-builder.lock when it exists).")
-@click.option("--no-lock", is_flag=True, help="Ignore onie-builder.lock; resolve from the archive.")
-@click.option("--offline", is_flag=True, help="Use only the cache; fail rather than download.")
-@click.option("--mirror", default=None, metavar="'URI SUITES [COMPONENTS]'",
-              help="Debian archive to use instead of the host's apt sources.")
+@archive_options
 @click.pass_context
 @handle_errors
 def sources(ctx: click.Context, recipe: str, out_dir: Path, only: tuple[str, ...],

@@ -154,3 +154,90 @@ def test_onie_server_is_resolved_to_its_first_ipv4_address(tmp_path: Path) -> No
     (tmp_path / "run").mkdir(exist_ok=True)
     assert ash(tmp_path, 'SERVER_ADDR=x; resolve_server_name; echo "addr=$SERVER_ADDR"').stdout \
         == "addr=\n"  # no resolv.conf (a link-local address): no lookup
+
+
+# BusyBox arping's output as the watch reads it (arping -D without -q).
+ARPING_REPLY = ("ARPING 169.254.1.2 from 0.0.0.0 eth0\n"
+                "Unicast reply from 169.254.1.2 [AA:BB:CC:00:11:22] 0.512ms\n"
+                "Sent 1 probe(s) (1 broadcast(s))\nReceived 1 response(s)\n")
+# Stand-ins for ip and arping: 169.254.1.2 is ours until `ip addr del`; another host answers
+# probes for it, nobody for any other address. Every call is recorded in calls.
+WATCH_TOOLS = r"""RUN=$PWD/run; mkdir -p run/linklocal; LOG=/dev/null
+nap() { :; }; sleep() { :; }
+ip() {
+    echo "ip $*" >> calls
+    case $* in
+        "-4 addr show dev lo") [ -e gone ] || echo "    inet 169.254.1.2/16 scope link lo" ;;
+        "addr del"*) : > gone ;;
+    esac
+}
+arping() {
+    echo "arping $*" >> calls
+    case $* in *-D*169.254.1.2) printf '%s' "$REPLY_TEXT"; return 1 ;; esac
+    return 0
+}
+"""
+
+
+def test_a_conflict_is_defended_once_then_the_address_given_up(tmp_path: Path) -> None:
+    body = WATCH_TOOLS + "linklocal_watch lo 169.254.1.2; wait; cat run/linklocal/lo"
+    out = ash(tmp_path, body, env={"REPLY_TEXT": ARPING_REPLY})
+    lines = out.stdout.splitlines()
+    assert lines[:2] == [
+        "onie-discovery: linklocal conflict 169.254.1.2 on lo with AA:BB:CC:00:11:22: "
+        "defending it (one announcement)",
+        "onie-discovery: linklocal conflict 169.254.1.2 on lo with AA:BB:CC:00:11:22 "
+        "again within 10s: giving it up"]
+    new = lines[-1]
+    assert lines[2] == f"onie-discovery: linklocal {new} on lo (RFC 3927, instead of 169.254.1.2)"
+    assert new.startswith("169.254.") and new != "169.254.1.2"
+    calls = (tmp_path / "calls").read_text().splitlines()
+    # One announcement defends; then the address goes, the new one is probed, added, announced.
+    defend = "arping -q -U -c 1 -I lo -s 169.254.1.2 169.254.1.2"
+    assert calls.count(defend) == 1
+    assert calls.index(defend) < calls.index("ip addr del 169.254.1.2/16 dev lo")
+    assert f"arping -q -D -c 3 -I lo {new}" in calls
+    assert f"ip addr add {new}/16 broadcast 169.254.255.255 scope link dev lo" in calls
+    assert not (tmp_path / "run" / "linklocal" / "lo.moving").exists()
+
+
+def test_the_watch_ends_with_its_address_and_names_an_unknown_mac(tmp_path: Path) -> None:
+    out = ash(tmp_path, WATCH_TOOLS + ": > gone; linklocal_watch lo 169.254.1.2; echo done")
+    assert out.stdout == "done\n"  # not on the interface: nothing to defend
+    garbage = "Unicast reply from 169.254.1.2 [$(touch x)] 1ms\n"
+    out = ash(tmp_path, WATCH_TOOLS + "rm gone; linklocal_watch lo 169.254.1.2; wait",
+              env={"REPLY_TEXT": garbage})
+    assert "with unknown MAC: defending it" in out.stdout and not (tmp_path / "x").exists()
+
+
+def test_ipv6_neighbours_join_the_sweep_on_a_link_local_lease_only(tmp_path: Path) -> None:
+    body = ("LL_ADDR=169.254.3.4; LL_NEIGH6=' fe80::77%eth0'; LEASE_IF=lo; disco_ip=$LL_ADDR\n"
+            "sweep_servers; echo $SWEEP_LIST; disco_ip=10.0.0.9; sweep_servers; echo $SWEEP_LIST\n"
+            "for s in fe80::77%eth0 10.0.0.2; do sweep_url $s; echo $SWEEP_URL $SWEEP_SHOWN; done")
+    assert ash(tmp_path, body).stdout.splitlines() == [
+        "fe80::77%eth0", "",
+        "http://[fe80::77%eth0]/ http://[fe80::77%25eth0]/", "http://10.0.0.2/ http://10.0.0.2/"]
+
+
+def test_installer_output_goes_to_syslog_tagged_when_on(tmp_path: Path) -> None:
+    body = ('RUN=$PWD/run; logger() { echo "logger $*"; cat; } > syslog.out\n'
+            "for on in '' 10.0.0.6; do SYSLOG_ON=$on; rm -f syslog.out\n"
+            " installer_syslog_start; printf 'one\\ntwo\\n' | tee -a inst.log $INSTALLER_SYSLOG\n"
+            " installer_syslog_end; cat syslog.out 2> /dev/null || echo none; done")
+    out = ash(tmp_path, body).stdout.splitlines()
+    assert out == ["one", "two", "none", "one", "two", "logger -t os-install", "one", "two"]
+    assert (tmp_path / "inst.log").read_text() == "one\ntwo\n" * 2
+    assert not (tmp_path / "run" / "installer.fifo").exists()
+
+
+@pytest.mark.parametrize(("hwclock", "line"), [
+    ("return 0", "onie-discovery: clock saved to the hardware clock (hwclock -w -u)"),
+    ("echo 'hwclock: cannot open /dev/rtc: No such file' >&2; return 1",
+     "onie-discovery: fail hwclock cannot open /dev/rtc: No such file"),
+])
+def test_the_clock_is_saved_to_the_rtc_after_ntp(tmp_path: Path, hwclock: str, line: str) -> None:
+    body = (f'RUN=$PWD/run; hwclock() {{ echo "hwclock $*" > called; {hwclock}; }}\n'
+            "RDATE=true; disco_ntpsrv=10.0.0.5; CONNECT_TIMEOUT=1; clock_sync")
+    out = ash(tmp_path, body).stdout.splitlines()
+    assert out[-1] == line and out[0].startswith("onie-discovery: clock set by ntp 10.0.0.5")
+    assert (tmp_path / "called").read_text() == "hwclock -w -u\n"

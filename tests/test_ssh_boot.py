@@ -6,6 +6,7 @@ tests/test_commands_boot.py makes it): the operator's key runs ``onie-sysinfo -a
 banner; a password login, a keyboard-interactive one and an unknown key are refused (the server
 offers publickey alone, and its log shows no other login); telnet is closed; the host key printed on the
 console, recorded by ssh on the first boot, is on ONIE-BOOT and is the same on the second.
+The same image booted with no disk at all makes its host key in RAM, says so, and takes logins.
 """
 
 from __future__ import annotations
@@ -85,12 +86,12 @@ class Client:
                               timeout=120, stdin=subprocess.DEVNULL)
 
 
-def boot(image: Path, disk: Path, ns: NetNamespace, log: Path) -> Console:
+def boot(image: Path, disk: Path | None, ns: NetNamespace, log: Path) -> Console:
     require_qemu("x86_64")
     machine = dataclasses.replace(machine_for("x86_64"), nic="virtio-net-pci,romfile=")
+    drive = ["-drive", f"file={disk},if=virtio,format=raw"] if disk else []
     argv = qemu_command(machine, image / "vmlinuz", image / "initrd.img",
-                        "quiet boot_reason=rescue", tap="tap0",
-                        extra=["-drive", f"file={disk},if=virtio,format=raw"])
+                        "quiet boot_reason=rescue", tap="tap0", extra=drive)
     return Console.start(argv, log_path=log, netns=ns.name)
 
 
@@ -149,3 +150,32 @@ def test_ssh_key_only_and_host_key_kept_on_onie_boot(ssh_image: Path, keys: Keys
     assert recorded == [guest, *host_keys[0].split()]
     part = read_partition(disk, tmp_path)
     assert debugfs_cat(part, "/onie/config/ssh/dropbear_ed25519_host_key")
+
+
+def test_ssh_without_a_disk_keeps_the_host_key_in_ram(ssh_image: Path, keys: Keys,
+                                                       tmp_path: Path) -> None:
+    require_root_netns()
+    net = f"10.200.{30 + (os.getpid() + 131) % 200}"
+    guest = f"{net}.2"
+    with NetNamespace.create("obsshram") as ns:
+        ns.add_tap("tap0", f"{net}.1/24")
+        client = Client(ns, guest, tmp_path / "known_hosts")
+        with boot(ssh_image, None, ns, tmp_path / "console.log") as console:
+            line = console.expect(KEY_LINE, 180)
+            console.expect(r"onie: ssh: no ONIE-BOOT mounted read-write: the host key is in RAM "
+                           r"only \(/run/onie/ssh\), on no disk, and new at every boot", 30)
+            console.expect(PROMPT, 60)
+            console.run(f"ip addr add {guest}/24 dev eth0 && ip link set eth0 up")
+            ok = client.run("onie-sysinfo -a", keys.operator, strict="accept-new")
+            assert ok.returncode == 0, ok.stderr
+            assert ok.stdout.strip() == console.run("onie-sysinfo -a").strip()
+            # The key's folder is on a RAM file system; no block device is there to write to
+            # and none is mounted.
+            fs = console.run("stat -f -c %T /run/onie/ssh")
+            assert re.search(r"\b(tmpfs|ramfs)\b", fs), fs
+            assert console.run("ls /sys/block | grep -Ev '^(loop|ram)' || true") == ""
+            assert "/dev/" not in console.run("cut -d' ' -f1 /proc/mounts")
+            public = console.run("dropbearkey -y -f /run/onie/ssh/dropbear_ed25519_host_key")
+    assert line.group(1) == "RAM"
+    assert line.group(2) in public
+    assert (tmp_path / "known_hosts").read_text().split()[1:] == line.group(2).split()

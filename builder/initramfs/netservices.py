@@ -1,6 +1,7 @@
 """The network services discovery uses besides its methods: IPv4 link-local addressing
-(RFC 3927), the clock (SNTP from DHCP option 42 and the recipe) and remote syslog (DHCP option 7
-and the recipe). ``template_values`` hands their build-time values to
+(RFC 3927, with the address defended), the clock (SNTP from DHCP option 42 and the recipe, then
+the hardware clock) and remote syslog (DHCP option 7 and the recipe: discovery's lines and the
+installer's output). ``template_values`` hands their build-time values to
 ``templates/guest/discovery/lib/netservices.sh.j2`` and ``lib/linklocal.sh.j2``; see
 docs/discovery.md ("Link-local", "Clock", "Remote syslog") and docs/transports.md ("Clock")."""
 
@@ -15,6 +16,10 @@ from builder.recipe.model import Recipe
 PROBE_WAIT, PROBE_NUM = 1, 3
 ANNOUNCE_WAIT, ANNOUNCE_NUM, ANNOUNCE_INTERVAL = 2, 2, 2
 MAX_CONFLICTS = 10
+DEFEND_INTERVAL = 10  # section 2.5: a second conflict within this gives the address up
+# Ours, not the RFC's: BusyBox cannot hear ARP passively, so the claimed address is probed for
+# (arping -D) this often; a conflict is noticed within about this long.
+WATCH_INTERVAL = 2
 # ONIE's neighbour sweep pings the limited broadcast address this many times.
 SWEEP_PINGS = 3
 RDATE = "/usr/sbin/rdate"  # Debian's rdate (SNTP with -n); BusyBox 1.35 in Debian has no ntpd
@@ -36,6 +41,8 @@ def template_values(recipe: Recipe, source_date_epoch: int) -> dict[str, Any]:
             "announce_num": ANNOUNCE_NUM,
             "announce_interval": ANNOUNCE_INTERVAL,
             "max_conflicts": MAX_CONFLICTS,
+            "defend_interval": DEFEND_INTERVAL,
+            "watch_interval": WATCH_INTERVAL,
             "sweep_pings": SWEEP_PINGS,
         },
     }

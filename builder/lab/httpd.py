@@ -70,13 +70,17 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
 
 class Server(http.server.ThreadingHTTPServer):
-    """Dual-stack when bound to '::' so one server answers IPv4 and IPv6 clients."""
+    """Dual-stack when bound to '::' so one server answers IPv4 and IPv6 clients. A link-local
+    address takes its zone: 'fe80::77%tap0'."""
 
     daemon_threads = True
 
     def __init__(self, address: str, port: int) -> None:
         self.address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        super().__init__((address, port), Handler)
+        where: tuple[Any, ...] = (address, port)
+        if "%" in address:  # bind needs the zone as a scope id: getaddrinfo makes the 4-tuple
+            where = socket.getaddrinfo(address, port, socket.AF_INET6, socket.SOCK_STREAM)[0][4]
+        super().__init__(where, Handler)
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:

@@ -31,7 +31,7 @@ def build(work: Path, recipe: Path) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "builder", "-q", "build", str(recipe), "--json",
                            "--no-images", "--no-lock", "--out", str(work / "out" / recipe.stem)],
                           cwd=work, env=env, check=True, capture_output=True, text=True)
-    out = Path(json.loads(proc.stdout)[0]["out"])
+    out = Path(json.loads(proc.stdout)["result"][0]["out"])
     manifest: dict[str, Any] = json.loads((out / "manifest.json").read_text())
     return manifest
 

@@ -54,7 +54,7 @@ def build(recipe_text: str, folder: Path) -> Path:
     proc = subprocess.run([sys.executable, "-m", "builder", "build", str(folder / "recipe.yaml"),
                            "--out", str(folder / "out"), "--json", "--no-lock"], cwd=ROOT,
                           check=True, capture_output=True, text=True)
-    return Path(json.loads(proc.stdout)[0]["out"])
+    return Path(json.loads(proc.stdout)["result"][0]["out"])
 
 
 def recipe(ca: Path | None, iscsi: bool, dhcpv6: bool) -> str:

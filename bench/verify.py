@@ -53,7 +53,7 @@ def build_image(tmp: Path) -> tuple[Path, Path]:
     proc = subprocess.run([sys.executable, "-m", "builder", "-q", "build", str(recipe), "--out",
                            str(tmp / "out"), "--json", "--no-lock"], cwd=ROOT, env=env,
                           check=True, capture_output=True, text=True)
-    return Path(json.loads(proc.stdout)[0]["out"]), tmp / "bench.key"
+    return Path(json.loads(proc.stdout)["result"][0]["out"]), tmp / "bench.key"
 
 
 def make_block_disk(tmp: Path, key_path: Path, size: int) -> Path:

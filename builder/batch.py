@@ -20,6 +20,7 @@ from pathlib import Path
 from builder.build import BuildOptions, build_platform
 from builder.components.cache import Cache
 from builder.errors import BuildError
+from builder.progress import plain_step
 from builder.recipe.load import load_recipe
 from builder.result import BuildResult
 
@@ -63,7 +64,7 @@ def build_job(job: Job) -> Outcome:
         platform = recipe.platform_string
         cache = Cache(job.cache_root, offline=job.offline)
         result = build_platform(recipe, merged.files, job.options, cache,
-                                step=lambda msg: log.info("==> %s", msg))
+                                step=plain_step)
         return Outcome(job.recipe_file, platform, time.monotonic() - start, result=result)
     except BuildError as exc:
         return Outcome(job.recipe_file, platform, time.monotonic() - start,

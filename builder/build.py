@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,6 +25,7 @@ from builder.initramfs.cpio import WrittenLayer, compress, layer_of, make_initra
 from builder.initramfs.sizes import ComponentSize, measure_components
 from builder.initramfs.tree import Kind, Tree
 from builder.initramfs.trust import describe_trust, load_trust
+from builder.progress import Phase, Step, plain_step
 from builder.provenance.documents import describe_provenance, write_provenance, write_sboms
 from builder.recipe.formats import Compression
 from builder.recipe.model import Arch, Recipe
@@ -41,9 +41,6 @@ INITRAMFS = "initrd.img"
 MANIFEST_FORMAT = "onie-builder-manifest/1"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
-Step = Callable[[str], None]
-
-
 @dataclass(frozen=True)
 class BuildOptions:
     """How to build: where to, from which lock and archive, and at what time."""
@@ -58,26 +55,26 @@ class BuildOptions:
 
 
 def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptions,
-                   cache: Cache, step: Step = log.info) -> BuildResult:
+                   cache: Cache, step: Step = plain_step) -> BuildResult:
     """Build one platform into ``out/<platform>/``; the previous output survives any failure."""
     start = time.monotonic()
     platform = recipe.platform_string
     final = options.out_dir / platform
-    step(f"{platform}: resolving components")
+    step(Phase.RESOLVE, f"{platform}: resolving components")
     resolver = Resolver(recipe, cache, find_apt_sources(recipe, options.mirror), options.lock)
     resolution = resolver.resolve()
     files = snapshot(input_paths(recipe, recipe_files, options))  # before reading: edits rebuild
     digest = resolution_digest(resolution)
     stamp = stamp_path(options.out_dir, recipe_files[-1])
     if (previous := find_previous(stamp, options, digest)) is not None:
-        step(f"{platform}: up to date")
+        step(Phase.DONE, f"{platform}: up to date")
         return BuildResult(platform, final, previous["outputs"], True, time.monotonic() - start,
                            recorded_sizes(previous))
-    step(f"{platform}: assembling the initramfs tree")
+    step(Phase.ASSEMBLE, f"{platform}: assembling the initramfs tree")
     with facts.remember(cache.root / "derived" / "facts.json"):
         tree = make_tree(Context(recipe, resolution, options.source_date_epoch))
         for note in render_mode_notes(tree):
-            step(f"{platform}: {note}")
+            step(Phase.ASSEMBLE, f"{platform}: {note}")
     for warning in ssh.render_warnings(recipe):
         log.warning("%s: warning: %s", platform, warning)
     staging = make_staging(options.out_dir, platform)
@@ -86,7 +83,7 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
         sizes = measure_sizes(recipe, tree, options, cache)
         if options.images:
             outputs.update(write_images(staging, recipe, resolution, tree, options, step))
-        step(f"{platform}: writing the SBOMs and the provenance")
+        step(Phase.RECORD, f"{platform}: writing the SBOMs and the provenance")
         inventory, sboms = write_sboms(staging, recipe, resolution, tree, outputs, cache,
                                        options.source_date_epoch)
         outputs.update(sboms)
@@ -107,7 +104,7 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
         write_atomic(stamp, json.dumps(record, sort_keys=True).encode())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    step(f"{platform}: wrote {final}")
+    step(Phase.DONE, f"{platform}: wrote {final}")
     return BuildResult(platform, final, outputs, False, time.monotonic() - start,
                        tuple((s.name, s.compressed) for s in sizes))
 
@@ -128,7 +125,7 @@ def write_outputs(staging: Path, recipe: Recipe, resolution: Resolution, tree: T
     where each initramfs layer sits."""
     shutil.copyfile(resolution.kernel.image, staging / KERNEL)
     compression = recipe.initramfs.compression
-    step(f"{recipe.platform_string}: writing the initramfs ({len(tree)} entries, "
+    step(Phase.COMPRESS, f"{recipe.platform_string}: writing the initramfs ({len(tree)} entries, "
          f"{compression.value})")
     layers = make_initramfs(tree, staging / INITRAMFS, options.source_date_epoch, compression,
                             recipe.initramfs.compression_level,
@@ -162,7 +159,7 @@ def write_images(staging: Path, recipe: Recipe, resolution: Resolution, tree: Tr
     """Build the recipe's boot images (builder.images) beside the kernel; digests and sizes."""
     if not recipe.images.formats:
         return {}
-    step(f"{recipe.platform_string}: making images "
+    step(Phase.IMAGES, f"{recipe.platform_string}: making images "
          f"({', '.join(f.value for f in recipe.images.formats)})")
     osrel = tree.get("/etc/os-release")
     kernel = resolution.kernel

@@ -91,20 +91,29 @@ def cache_env(debian_cache: Cache) -> dict[str, str]:
     return {"ONIE_BUILDER_CACHE": str(debian_cache.root)}
 
 
+class Built:
+    """Builds a shipped platform once per session: ``built(name)`` returns out/<platform>;
+    ``built.output[out]`` keeps that build's stdout and stderr (tests/test_docs.py compares the
+    README's sample output with them)."""
+
+    def __init__(self, out: Path, cache_env: dict[str, str]) -> None:
+        self.out, self.cache_env = out, cache_env
+        self.output: dict[Path, subprocess.CompletedProcess[str]] = {}
+        self.done: dict[str, Path] = {}
+
+    def __call__(self, name: str) -> Path:
+        if name not in self.done:
+            proc = run_cli("build", name, "--out", str(self.out), "--json", "--no-lock",
+                           env=self.cache_env)
+            self.done[name] = Path(json.loads(proc.stdout)["result"][0]["out"])
+            self.output[self.done[name]] = proc
+        return self.done[name]
+
+
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory,
-          cache_env: dict[str, str]) -> Callable[[str], Path]:
-    """A function building a shipped platform once per session; returns out/<platform>."""
-    out = tmp_path_factory.mktemp("out")
-    done: dict[str, Path] = {}
-
-    def build(name: str) -> Path:
-        if name not in done:
-            proc = run_cli("build", name, "--out", str(out), "--json", "--no-lock", env=cache_env)
-            done[name] = Path(json.loads(proc.stdout)[0]["out"])
-        return done[name]
-
-    return build
+def built(tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]) -> Built:
+    """Shipped platforms built once per session (``Built``)."""
+    return Built(tmp_path_factory.mktemp("out"), cache_env)
 
 
 def unpack_initramfs(image: Path, dest: Path) -> Path:

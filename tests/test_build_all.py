@@ -13,6 +13,7 @@ import pytest
 from builder.batch import Outcome, render_summary
 from builder.result import BuildResult
 from tests.conftest import ROOT, run_cli
+from tests.test_json import check_envelope
 
 PLATFORM = "x86_64-qemu_x86_64-r0"
 
@@ -85,7 +86,7 @@ def test_json_summary_and_up_to_date(tmp_path: Path, cache_env: dict[str, str]) 
     (recipes / "platforms" / "accton_as7726_32x.yaml").unlink()
     env = {**cache_env, "ONIE_BUILDER_RECIPES": str(recipes)}
     args = ("build", "--all", "-j", "2", "--no-lock", "--json", "--out", str(tmp_path / "out"))
-    first = json.loads(run_cli(*args, cwd=tmp_path, env=env).stdout)
+    first = check_envelope(run_cli(*args, cwd=tmp_path, env=env).stdout, "build", True)
     assert [(o["platform"], o["ok"], o["skipped"]) for o in first] == [(PLATFORM, True, False)]
-    again = json.loads(run_cli(*args, cwd=tmp_path, env=env).stdout)
+    again = json.loads(run_cli(*args, cwd=tmp_path, env=env).stdout)["result"]
     assert again[0]["skipped"] and again[0]["outputs"] == first[0]["outputs"]

@@ -201,7 +201,7 @@ def test_rescue_boot_onie_boot_modes_support_and_nos_install(
 def lab_image(tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]) -> Path:
     out = tmp_path_factory.mktemp("lab-out")
     proc = run_cli("build", str(LAB_RECIPE), "--out", str(out), "--json", "--no-lock", env=cache_env)
-    return Path(json.loads(proc.stdout)[0]["out"])
+    return Path(json.loads(proc.stdout)["result"][0]["out"])
 
 
 def test_discovery_stop_and_start(lab_image: Path, lab: Lab) -> None:

@@ -40,8 +40,8 @@ _subnets = itertools.count()
 def image(tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]) -> Path:
     out = tmp_path_factory.mktemp("discovery-out")
     proc = run_cli("build", str(RECIPE), "--out", str(out), "--json", "--no-lock", env=cache_env)
-    assert json.loads(proc.stdout)[0]["platform"] == PLATFORM
-    return Path(json.loads(proc.stdout)[0]["out"])
+    assert json.loads(proc.stdout)["result"][0]["platform"] == PLATFORM
+    return Path(json.loads(proc.stdout)["result"][0]["out"])
 
 
 @dataclasses.dataclass

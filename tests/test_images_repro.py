@@ -31,7 +31,7 @@ def files(folder: Path, prefix: str = "") -> dict[str, bytes]:
 
 def build(recipe: str | Path, out: Path, env: dict[str, str]) -> Path:
     proc = run_cli("build", str(recipe), "--out", str(out), "--json", "--no-lock", "--force", env=env)
-    return Path(json.loads(proc.stdout)[0]["out"])
+    return Path(json.loads(proc.stdout)["result"][0]["out"])
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,7 @@ def signed_builds(tmp_path_factory: pytest.TempPathFactory,
     for name in ("one", "two"):
         proc = run_cli("build", str(work / "signed.yaml"), "--out", str(work / name), "--json",
                        "--no-lock", "--force", env=cache_env)
-        outs.append(Path(json.loads(proc.stdout)[0]["out"]))
+        outs.append(Path(json.loads(proc.stdout)["result"][0]["out"]))
         time.sleep(1.1)  # another wall-clock second must not matter
     return outs[0], outs[1], work / "release.pub"
 

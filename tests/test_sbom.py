@@ -170,7 +170,7 @@ def test_an_added_component_appears(tmp_path: Path, cache_env: dict[str, str]) -
                       "    - path: acme-tools.deb\n      files: [/usr/share/acme/tool.conf]\n")
     proc = run_cli("build", str(recipe), "--out", str(tmp_path / "out"), "--json", "--no-lock",
                    "--no-images", env=cache_env)
-    folder = Path(json.loads(proc.stdout)[0]["out"])
+    folder = Path(json.loads(proc.stdout)["result"][0]["out"])
     check_against_manifest(folder)
     spdx = load(folder, "sbom.spdx.json")
     assert any(ref["referenceLocator"].startswith("pkg:deb/debian/lsscsi@")

@@ -26,6 +26,7 @@ from tests.serving import (
     running,
     write_site,
 )
+from tests.test_json import check_envelope
 
 QEMU = {"ONIE-ARCH": "x86_64", "ONIE-MACHINE": "qemu_x86_64", "ONIE-MACHINE-REV": "0",
         "ONIE-VENDOR-ID": "42623", "ONIE-OPERATION": "os-install", "ONIE-VERSION": "2026.11"}
@@ -256,7 +257,7 @@ def test_cli_serve_and_status(tmp_path: Path) -> None:
         assert requests.post(f"{base}/status", data=body, timeout=10,
                              headers={"Authorization": auth}).ok
         out = run_cli("status", "--json", base)
-        data = json.loads(out.stdout)
+        data = check_envelope(out.stdout, "status", True)
         assert [d["key"] for d in data["devices"]] == ["SN-CLI"]
         table = run_cli("status", base).stdout
         assert re.search(r"^SN-CLI\s+.*\bdone\b", table, re.M), table

@@ -307,7 +307,7 @@ def test_verify_cli_with_a_recipe(keys: Keys, tmp_path: Path) -> None:
     ]
     assert proc.stderr == "error: 2 of 4 refused\n"
     as_json = json.loads(run_cli("verify", "--recipe", str(recipe), "--json",
-                                 str(tmp_path / "by-b")).stdout)
+                                 str(tmp_path / "by-b")).stdout)["result"]
     assert as_json == [{"file": f"{tmp_path}/by-b", "ok": True, "image": "installer",
                         "version": 10, "platforms": [PLATFORM], "size": len(payload("b")),
                         "sha256": hashlib.sha256(payload("b")).hexdigest(),

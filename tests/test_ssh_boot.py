@@ -64,7 +64,7 @@ def ssh_image(tmp_path_factory: pytest.TempPathFactory, keys: Keys,
         {"ssh": {"authorized_keys": [str(keys.operator.with_suffix(".pub"))]}}))
     proc = run_cli("build", str(recipe), "--out", str(tmp / "out"), "--json", "--no-lock",
                    "--no-images", env=cache_env)
-    return Path(json.loads(proc.stdout)[0]["out"])
+    return Path(json.loads(proc.stdout)["result"][0]["out"])
 
 
 class Client:

@@ -76,7 +76,7 @@ def test_discovery_only_image(built: Callable[[str], Path], tmp_path: Path,
                       "initramfs:\n  discovery_only: true\n")
     proc = run_cli("build", str(recipe), "--out", str(tmp_path / "out"), "--json", "--no-lock",
                    "--no-images", env=cache_env)
-    result = json.loads(proc.stdout)[0]
+    result = json.loads(proc.stdout)["result"][0]
     small = manifest(Path(result["out"]))
     files = {f["path"] for f in small["initramfs"]["files"]}
     assert not {"/bin/sh", "/usr/lib/onie/busybox", "/sbin/sgdisk", "/usr/sbin/grub-install"} & files

@@ -63,7 +63,7 @@ def build(recipe: Path, text: str, out: Path, env: dict[str, str], epoch: int) -
     recipe.write_text(text)
     proc = run_cli("build", str(recipe), "--out", str(out), "--json", "--no-lock",
                    env={**env, "SOURCE_DATE_EPOCH": str(epoch)})
-    return Path(json.loads(proc.stdout)[0]["out"])
+    return Path(json.loads(proc.stdout)["result"][0]["out"])
 
 
 def partitions(disk: Path) -> dict[str, dict[str, object]]:

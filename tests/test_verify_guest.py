@@ -257,7 +257,7 @@ def signed_image(tmp_path_factory: pytest.TempPathFactory, keys: Keys,
     recipe.write_text(f"extends: {ROOT}/tests/recipes/signed_x86_64.yaml\n" + yaml.safe_dump(
         {"trust": {**trust.model_dump(), "keys": [str(k) for k in trust.keys]}}))
     out = json.loads(run_cli("build", str(recipe), "--out", str(tmp / "out"), "--json",
-                             "--no-lock", env=cache_env).stdout)[0]["out"]
+                             "--no-lock", env=cache_env).stdout)["result"][0]["out"]
     return Path(out)
 
 

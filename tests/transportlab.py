@@ -91,7 +91,7 @@ def build_image(recipe_text: str, folder: Path, cache_env: dict[str, str]) -> Pa
     recipe.write_text(recipe_text)
     proc = run_cli("build", str(recipe), "--out", str(folder / "out"), "--json", "--no-lock",
                    env=cache_env)
-    return Path(json.loads(proc.stdout)[0]["out"])
+    return Path(json.loads(proc.stdout)["result"][0]["out"])
 
 
 def _name(common: str) -> x509.Name:

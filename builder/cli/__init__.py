@@ -7,13 +7,13 @@ that turns ``BuildError`` into a message and an exit code.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import click
 
 from builder import __version__
 from builder.cli import build, factory, keys, provenance
+from builder.progress import CurrentStderr
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,7 +34,8 @@ def main(ctx: click.Context, debug: bool, quiet: bool, cache_dir: Path | None) -
     130 interrupted.
     """
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    # Through CurrentStderr: log lines print above the progress display while it draws.
+    logging.basicConfig(level=level, format="%(message)s", stream=CurrentStderr())
     if not debug:
         # python-debian notes each copyright file it reads leniently ("Fixing Format URL"):
         # about Debian's files, not the user's build.

@@ -20,7 +20,9 @@ from builder.cli.common import (
     recipes_dir,
     source_date_epoch,
 )
+from builder.cli.envelope import emit, error
 from builder.errors import BuildError, RecipeError
+from builder.progress import Phase, Progress
 from builder.result import BuildResult
 
 
@@ -99,14 +101,15 @@ def lock(ctx: click.Context, names: tuple[str, ...], lock_path: Path | None,
     existing = read_lock(target) if target.exists() else Lock()
     paths = ([find_recipe_file(n) for n in names] if names
              else sorted((recipes_dir() / "platforms").glob("*.yaml")))
-    cache = make_cache(ctx)
-    for path in paths:
-        recipe, _ = load_recipe(path)
-        log.info("==> %s: resolving", recipe.platform_string)
-        resolution = Resolver(recipe, cache, find_apt_sources(recipe, mirror)).resolve()
-        for pin in resolution.pins:
-            existing.add(pin)
-        existing.platforms[recipe.platform_string] = resolution.lock
+    with Progress() as progress:
+        cache = make_cache(ctx, progress=progress)
+        for path in paths:
+            recipe, _ = load_recipe(path)
+            progress.step(Phase.RESOLVE, f"{recipe.platform_string}: resolving")
+            resolution = Resolver(recipe, cache, find_apt_sources(recipe, mirror)).resolve()
+            for pin in resolution.pins:
+                existing.add(pin)
+            existing.platforms[recipe.platform_string] = resolution.lock
     write_lock(existing, target)
     click.echo(f"wrote {target}")
 
@@ -161,7 +164,7 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
     if all(fresh):
         report([BuildResult(r["platform"], out_dir / r["platform"], r["outputs"], True, 0.0,
                             tuple((str(n), int(s)) for n, s in r.get("sizes", [])))
-                for r in fresh if r], as_json)
+                for r in fresh if r], as_json, paths)
         return
     from builder.build import BuildOptions, build_platform
     from builder.components.lock import read_lock
@@ -169,15 +172,16 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
 
     loaded = [load_recipe(p) for p in paths]  # every recipe is validated before anything is built
     the_lock = read_lock(lock_path) if lock_path is not None else None
-    cache = make_cache(ctx, offline=offline)
     results = []
-    for epoch, (recipe, merged) in zip(epochs, loaded, strict=True):
-        options = BuildOptions(out_dir=out_dir, source_date_epoch=epoch, lock=the_lock,
-                               lock_path=lock_path, mirror=mirror, force=force,
-                               images=not no_images)
-        results.append(build_platform(recipe, merged.files, options, cache,
-                                      step=lambda msg: log.info("==> %s", msg)))
-    report(results, as_json)
+    with Progress() as progress:
+        cache = make_cache(ctx, offline=offline, progress=progress)
+        for epoch, (recipe, merged) in zip(epochs, loaded, strict=True):
+            options = BuildOptions(out_dir=out_dir, source_date_epoch=epoch, lock=the_lock,
+                                   lock_path=lock_path, mirror=mirror, force=force,
+                                   images=not no_images)
+            results.append(build_platform(recipe, merged.files, options, cache,
+                                          step=progress.step))
+    report(results, as_json, paths)
 
 
 def build_batch(ctx: click.Context, paths: list[Path], out_dir: Path, lock_path: Path | None,
@@ -204,25 +208,30 @@ def build_batch(ctx: click.Context, paths: list[Path], out_dir: Path, lock_path:
     outcomes = build_many(batch, jobs, done=lambda o: log.info(
         "==> %s: %s", o.platform, "FAILED" if o.failed else "done"))
     if as_json:
-        click.echo(json.dumps([{"platform": o.platform, "recipe": str(o.recipe_file),
-                                "ok": not o.failed, "error": o.error, "seconds": round(o.seconds, 3),
-                                "out": str(o.result.out) if o.result else None,
-                                "skipped": o.result.skipped if o.result else False,
-                                "outputs": o.result.outputs if o.result else {}}
-                               for o in outcomes], indent=2))
+        emit(not any(o.failed for o in outcomes),
+             [{"platform": o.platform, "recipe": str(o.recipe_file), "ok": not o.failed,
+               "error": o.error, "seconds": round(o.seconds, 3),
+               "out": str(o.result.out) if o.result else None,
+               "skipped": o.result.skipped if o.result else False,
+               "outputs": o.result.outputs if o.result else {},
+               "components": [{"name": n, "compressed": s} for n, s in o.result.sizes]
+               if o.result else []}
+              for o in outcomes],
+             [error(o.error or "failed", subject=o.platform) for o in outcomes if o.failed])
     else:
         click.echo(render_summary(outcomes, time.monotonic() - start))
     if any(o.failed for o in outcomes):
         sys.exit(1)
 
 
-def report(results: list[BuildResult], as_json: bool) -> None:
-    """Print one line per platform, or the JSON summary."""
+def report(results: list[BuildResult], as_json: bool, recipe_files: list[Path]) -> None:
+    """Print one line per platform, or the JSON summary (the same entries as ``--all``)."""
     if as_json:
-        click.echo(json.dumps([{"platform": r.platform, "out": str(r.out), "skipped": r.skipped,
-                                "seconds": round(r.seconds, 3), "outputs": r.outputs,
-                                "components": [{"name": n, "compressed": s} for n, s in r.sizes]}
-                               for r in results], indent=2))
+        emit(True, [{"platform": r.platform, "recipe": str(f), "ok": True, "error": None,
+                     "out": str(r.out), "skipped": r.skipped, "seconds": round(r.seconds, 3),
+                     "outputs": r.outputs,
+                     "components": [{"name": n, "compressed": s} for n, s in r.sizes]}
+                    for r, f in zip(results, recipe_files, strict=True)])
     else:
         for r in results:
             size = r.outputs.get("initrd.img", {}).get("size", 0)

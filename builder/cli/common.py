@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from builder.errors import BuildError, RecipeError
+from builder.progress import Progress
 
 log = logging.getLogger("builder")
 
@@ -76,6 +77,10 @@ def handle_errors(func: F) -> F:
                 raise
             # Each recipe problem is its own error line; other messages may carry a tool's stderr.
             lines = exc.problems if isinstance(exc, RecipeError) else [exc.message]
+            if kwargs.get("as_json"):  # a pipeline gets the envelope on failure too
+                from builder.cli.envelope import emit, error
+
+                emit(False, None, [error(line, hint=exc.hint) for line in lines])
             for line in lines:
                 click.echo(f"error: {line}", err=True)
             if exc.hint:
@@ -88,12 +93,13 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def make_cache(ctx: click.Context, offline: bool = False) -> Any:
-    """The cache for this invocation."""
+def make_cache(ctx: click.Context, offline: bool = False, progress: Progress | None = None) -> Any:
+    """The cache for this invocation; downloads and unpacking show on ``progress``."""
     from builder.components.cache import Cache
-    from builder.progress import DownloadProgress
 
-    return Cache(ctx.obj["cache_dir"], offline=offline, on_download=DownloadProgress().start)
+    progress = progress or Progress()
+    return Cache(ctx.obj["cache_dir"], offline=offline, on_download=progress.download,
+                 on_unpack=progress.unpack)
 
 
 def archive_options(command: F) -> F:

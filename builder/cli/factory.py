@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from builder.cli.common import (
     handle_errors,
     recipes_dir,
 )
+from builder.cli.envelope import emit
 
 
 @click.command("dhcp-config")
@@ -102,7 +102,8 @@ def serve(site_path: Path, out_dir: Path, listen: tuple[str, ...], http_port: in
 
 @click.command()
 @click.argument("url")
-@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON as it is.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the server's status document as the result of the JSON envelope.")
 @click.option("--cacert", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="CA certificate to check an https:// server against.")
 @handle_errors
@@ -111,7 +112,10 @@ def status(url: str, as_json: bool, cacert: Path | None) -> None:
     from builder.factory.statusclient import fetch_status, format_status
 
     data = fetch_status(url, cacert)
-    click.echo(json.dumps(data, indent=2) if as_json else format_status(data))
+    if as_json:
+        emit(True, data)
+    else:
+        click.echo(format_status(data))
 
 
 # --- signed installers (docs/signed-installer.md) ----------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 import click
@@ -12,6 +12,7 @@ from builder.cli.common import (
     handle_errors,
     source_date_epoch,
 )
+from builder.cli.envelope import emit, error
 from builder.errors import BuildError
 
 
@@ -197,6 +198,11 @@ def verify(files: tuple[Path, ...], recipe_name: str | None, key_paths: tuple[Pa
         if strip_to is not None:
             strip_signature(file, verdict, strip_to)
     if as_json:
-        click.echo(json.dumps(verdicts, indent=2))
+        emit(not refused, verdicts,
+             [error(f"refused {v['reason']}: {v['detail']}", subject=str(v["file"]))
+              for v in verdicts if not v["ok"]])
+        if refused:  # the envelope already says so; no second one from the error boundary
+            click.echo(f"error: {refused} of {len(files)} refused", err=True)
+            sys.exit(1)
     if refused:
         raise BuildError(f"{refused} of {len(files)} refused")

@@ -55,10 +55,11 @@ class Cache:
 
     def __init__(self, root: Path | None = None, offline: bool = False,
                  on_download: Callable[[str, int | None], Callable[[int], None]] | None = None,
-                 ) -> None:
+                 on_unpack: Callable[[str], None] | None = None) -> None:
         self.root = root or default_cache_root()
         self.offline = offline
         self.on_download = on_download
+        self.on_unpack = on_unpack  # told the package's name before a .deb is unpacked
         self._session: requests.Session | None = None
 
     def blob_path(self, sha256: str) -> Path:

@@ -30,10 +30,11 @@ AR_MAGIC = b"!<arch>\n"
 AR_HEADER = 60
 
 
-def unpack_deb(deb: Path, cache: Cache) -> Path:
+def unpack_deb(deb: Path, cache: Cache, name: str = "") -> Path:
     """The folder holding the files of ``deb``: ``cache.root/unpacked/<sha256>``, made once.
     No file in it is setuid, setgid, sticky or world-writable: the modes the package gave
-    such files are in ``<sha256>.modes.json`` beside it (``unpacked.package_mode``)."""
+    such files are in ``<sha256>.modes.json`` beside it (``unpacked.package_mode``). ``name``
+    (the package's) is what progress shows while it unpacks."""
     # A .deb from Cache.fetch is named by its digest; trusting that name keeps a hit free.
     cached = bool(re.fullmatch(r"[0-9a-f]{64}", deb.name)) and deb == cache.blob_path(deb.name)
     digest = deb.name if cached else sha256_file(deb)
@@ -41,6 +42,8 @@ def unpack_deb(deb: Path, cache: Cache) -> Path:
     tree = cache.root / "unpacked" / digest
     if tree.is_dir():
         return tree
+    if cache.on_unpack is not None:
+        cache.on_unpack(name or deb.name)
     tree.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=tree.parent, prefix=f".{digest}."))
     try:

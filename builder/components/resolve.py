@@ -227,7 +227,7 @@ class Resolver:
             pin = Pin(pkg.name, pkg.version, pkg.arch, pkg.sha256, pkg.size, pkg.filename)
             deb = self.archive.fetch(pkg)
         self._pins[pin.name] = pin
-        return Package(pin, unpack_deb(deb, self.cache))
+        return Package(pin, unpack_deb(deb, self.cache, pin.name))
 
     def _fetch_pinned(self, pin: Pin) -> Path:
         if (hit := self.cache.find(pin.sha256)) is not None:
@@ -248,7 +248,7 @@ class Resolver:
             assert source.path is not None
             name = source.path.name
         pin = Pin(name, "", self.arch, sha256, deb.stat().st_size, name)
-        return Package(pin, unpack_deb(deb, self.cache))
+        return Package(pin, unpack_deb(deb, self.cache, pin.name))
 
     def _single_file(self, source: Source) -> tuple[str, Path]:
         if source.url is not None:

@@ -11,7 +11,7 @@
         isns.register_target("iqn.2024-01.lab.test:disk", "10.200.7.1")
         ...  # boot QEMU; tgt.stop() deletes the targets first (tgtd ignores SIGTERM otherwise)
 
-Facts from LAB.md: tgtd's control socket is shared across namespaces, so each instance gets
+Facts from docs/lab.md: tgtd's control socket is shared across namespaces, so each instance gets
 its own ``-C`` port; LUN 0 is tgt's controller and the disk is LUN 1.
 """
 

@@ -43,7 +43,7 @@ def test_enabled_iscsi_brings_its_tools_and_modules(tmp_path: Path) -> None:
     recipe = load(tmp_path, "  iscsi:\n    enabled: true\n")
     assert [(c.debian, c.binaries) for c in implied_components(recipe)] == [
         ("open-iscsi", ["/sbin/iscsistart"]), ("open-isns-utils", ["/usr/sbin/isnsadm"])]
-    # crc32c_generic first (LAB.md: iscsi_tcp fails with "iferror -12" without it).
+    # crc32c_generic first (docs/lab.md: iscsi_tcp fails with "iferror -12" without it).
     assert implied_modules(recipe)[:2] == ["crc32c_generic", "iscsi_tcp"]
     values = template_values(recipe, 1700000000)["iscsi"]
     assert values["enabled"] and values["tpgt"] == 1 and values["timeout"] == 15

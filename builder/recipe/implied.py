@@ -9,7 +9,7 @@ from __future__ import annotations
 from builder.recipe.component import Component
 from builder.recipe.model import Arch, Recipe
 
-# LAB.md: iscsi_tcp fails with "iferror -12" unless crc32c_generic is loaded first; sd_mod
+# docs/lab.md: iscsi_tcp fails with "iferror -12" unless crc32c_generic is loaded first; sd_mod
 # brings the LUN's disk, ext4 (which mounts ext2/3) and vfat its filesystems.
 ISCSI_MODULES = ("crc32c_generic", "iscsi_tcp", "sd_mod", "ext4", "vfat")
 ISCSI_BINARIES = ("/sbin/iscsistart",)

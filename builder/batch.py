@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.build import BuildOptions, build_platform
@@ -22,6 +22,7 @@ from builder.components.cache import Cache
 from builder.errors import BuildError
 from builder.progress import plain_step
 from builder.recipe.load import load_recipe
+from builder.recipe.search import RecipePath
 from builder.result import BuildResult
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Job:
     cache_root: Path | None
     offline: bool
     debug: bool = False
+    search: RecipePath = field(default_factory=RecipePath)  # where ``extends`` by name looks
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def build_job(job: Job) -> Outcome:
     start = time.monotonic()
     platform = job.recipe_file.stem
     try:
-        recipe, merged = load_recipe(job.recipe_file)
+        recipe, merged = load_recipe(job.recipe_file, job.search)
         platform = recipe.platform_string
         cache = Cache(job.cache_root, offline=job.offline)
         result = build_platform(recipe, merged.files, job.options, cache,

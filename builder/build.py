@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 
 from builder import __version__
 from builder.components.cache import Cache, sha256_file, write_atomic
-from builder.components.lock import Lock
+from builder.components.lock import DEFAULT_LOCK, Lock
 from builder.components.resolve import Resolution, Resolver, find_apt_sources
 from builder.images import image_inputs, make_images
 from builder.images.context import ImageContext
@@ -61,7 +62,8 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
     platform = recipe.platform_string
     final = options.out_dir / platform
     step(Phase.RESOLVE, f"{platform}: resolving components")
-    resolver = Resolver(recipe, cache, find_apt_sources(recipe, options.mirror), options.lock)
+    resolver = Resolver(recipe, cache, find_apt_sources(recipe, options.mirror), options.lock,
+                        relock=relock_command(recipe_files[-1], options.lock_path))
     resolution = resolver.resolve()
     files = snapshot(input_paths(recipe, recipe_files, options))  # before reading: edits rebuild
     digest = resolution_digest(resolution)
@@ -199,6 +201,15 @@ def publish(staging: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(staging, final)
+
+
+def relock_command(recipe_file: Path, lock_path: Path | None) -> str:
+    """The command that adds this recipe to its lock file: the recipe by path, as a name may
+    lead elsewhere, and the lock file when it is not the default one."""
+    lock = [] if lock_path is None or lock_path == DEFAULT_LOCK else ["--lock", str(lock_path)]
+    here = Path.cwd()
+    shown = recipe_file.relative_to(here) if recipe_file.is_relative_to(here) else recipe_file
+    return shlex.join(["onie-builder", "lock", str(shown), *lock])
 
 
 def kernel_cmdline(recipe: Recipe) -> str:

@@ -24,6 +24,26 @@ class FileRefused(BuildError):
         self.reason = reason
 
 
+def umask() -> int:
+    """The process umask, read without changing it: ``os.umask`` sets it while it reads, which
+    would give a file another thread creates meanwhile the wrong mode."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(executable: bool = False) -> int:
+    """The mode ``open()`` would give a new file, 0644 (0755 ``executable``) under umask 022:
+    for files written through a temporary file, which ``mkstemp`` makes 0600."""
+    return (0o777 if executable else 0o666) & ~umask()
+
+
 def describe_kind(mode: int) -> str:
     """What a file of this ``st_mode`` is, in words: 'a FIFO', 'a folder'..."""
     return next((word for test, word in KINDS if test(mode)), "not a regular file")

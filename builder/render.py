@@ -14,7 +14,8 @@ import jinja2
 
 from builder.errors import BuildError
 
-BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# Package data: a real folder in a wheel, a link to the repository's templates/ in a checkout.
+BUILTIN_TEMPLATES = (Path(__file__).resolve().parent / "templates").resolve()
 
 
 def shquote(value: object) -> str:

@@ -110,25 +110,26 @@ def test_vendor_x86_switch_builds_with_ethtool(built: Callable[[str], Path], tmp
 def test_noop_and_change_detection(tmp_path: Path, cache_env: dict[str, str]) -> None:
     work = tmp_path / "w"
     shutil.copytree(ROOT / "recipes", work / "recipes")
+    env = {**cache_env, "ONIE_BUILDER_RECIPES": str(work / "recipes")}  # searched before the shipped
     overlay = work / "recipes" / "overlay"
     (overlay / "etc").mkdir(parents=True)
     (overlay / "etc" / "motd").write_text("hello\n")
     with (work / "recipes" / "platforms" / "qemu_x86_64.yaml").open("a") as f:
         f.write("initramfs:\n  overlays: [../overlay]\n")
-    run_cli("lock", "qemu_x86_64", cwd=work, env=cache_env)
+    run_cli("lock", "qemu_x86_64", cwd=work, env=env)
     build = ("build", "qemu_x86_64", "--json")
-    first = json.loads(run_cli(*build, cwd=work, env=cache_env).stdout)["result"][0]
+    first = json.loads(run_cli(*build, cwd=work, env=env).stdout)["result"][0]
     assert not first["skipped"]
-    again = json.loads(run_cli(*build, cwd=work, env=cache_env).stdout)["result"][0]
+    again = json.loads(run_cli(*build, cwd=work, env=env).stdout)["result"][0]
     assert again["skipped"]
     (overlay / "etc" / "issue").write_text("new file\n")
-    changed = json.loads(run_cli(*build, cwd=work, env=cache_env).stdout)["result"][0]
+    changed = json.loads(run_cli(*build, cwd=work, env=env).stdout)["result"][0]
     assert not changed["skipped"]
     files = {f["path"]: f for f in manifest(work / "out" / first["platform"])["initramfs"]["files"]}
     assert files["/etc/issue"]["origin"] == "overlay:overlay"
     # Offline from the lock: everything comes from the cache.
     shutil.rmtree(work / "out")
-    offline = json.loads(run_cli(*build, "--offline", cwd=work, env=cache_env).stdout)["result"][0]
+    offline = json.loads(run_cli(*build, "--offline", cwd=work, env=env).stdout)["result"][0]
     assert not offline["skipped"]
 
 
@@ -137,15 +138,16 @@ def test_no_images_and_layer_reuse(tmp_path: Path, cache_env: dict[str, str]) ->
     images; an edit to the recipe compresses the `files` layer again and reuses the others."""
     work = tmp_path / "w"
     shutil.copytree(ROOT / "recipes", work / "recipes")
-    run_cli("lock", "qemu_x86_64", cwd=work, env=cache_env)
+    env = {**cache_env, "ONIE_BUILDER_RECIPES": str(work / "recipes")}  # searched before the shipped
+    run_cli("lock", "qemu_x86_64", cwd=work, env=env)
     out = work / "out" / "x86_64-qemu_x86_64-r0"
     quick = ("build", "qemu_x86_64", "--json", "--no-images")
-    first = json.loads(run_cli(*quick, cwd=work, env=cache_env).stdout)["result"][0]
+    first = json.loads(run_cli(*quick, cwd=work, env=env).stdout)["result"][0]
     assert not first["skipped"]
     assert sorted(p.name for p in out.iterdir()) == [
         "initrd.img", "manifest.json", "provenance.intoto.jsonl", "sbom.cdx.json", "sbom.spdx.json",
         "vmlinuz"]
-    assert json.loads(run_cli(*quick, cwd=work, env=cache_env).stdout)["result"][0]["skipped"]
+    assert json.loads(run_cli(*quick, cwd=work, env=env).stdout)["result"][0]["skipped"]
     layers = {x["layer"]: x for x in manifest(out)["initramfs"]["layers"]}
     assert list(layers) == ["files", "programs", "modules"]
 
@@ -155,7 +157,7 @@ def test_no_images_and_layer_reuse(tmp_path: Path, cache_env: dict[str, str]) ->
     recipe.write_text(recipe.read_text() + f'version: "2026.11-{os.urandom(8).hex()}"\n')
     derived = Path(cache_env["ONIE_BUILDER_CACHE"]) / "derived"
     before = set(derived.iterdir())
-    assert not json.loads(run_cli(*quick, cwd=work, env=cache_env).stdout)["result"][0]["skipped"]
+    assert not json.loads(run_cli(*quick, cwd=work, env=env).stdout)["result"][0]["skipped"]
     after = {x["layer"]: x for x in manifest(out)["initramfs"]["layers"]}
     assert after["files"]["sha256"] != layers["files"]["sha256"]
     for name in ("programs", "modules"):
@@ -171,7 +173,7 @@ def test_no_images_and_layer_reuse(tmp_path: Path, cache_env: dict[str, str]) ->
     sizes = {c["name"]: c for c in manifest(out)["initramfs"]["components"]}
     assert sizes["environment"]["compressed"] > 0 and "kernel modules" in sizes
 
-    full = json.loads(run_cli("build", "qemu_x86_64", "--json", cwd=work, env=cache_env).stdout)["result"][0]
+    full = json.loads(run_cli("build", "qemu_x86_64", "--json", cwd=work, env=env).stdout)["result"][0]
     assert not full["skipped"]  # images were not built before: not up to date
     assert "onie-updater-x86_64-qemu_x86_64-r0" in {p.name for p in out.iterdir()}
 
@@ -179,12 +181,13 @@ def test_no_images_and_layer_reuse(tmp_path: Path, cache_env: dict[str, str]) ->
 def test_failed_build_keeps_previous_output(tmp_path: Path, cache_env: dict[str, str]) -> None:
     work = tmp_path / "w"
     shutil.copytree(ROOT / "recipes", work / "recipes")
+    env = {**cache_env, "ONIE_BUILDER_RECIPES": str(work / "recipes")}  # searched before the shipped
     out = work / "out" / "x86_64-qemu_x86_64-r0"
-    run_cli("build", "qemu_x86_64", "--no-lock", cwd=work, env=cache_env)
+    run_cli("build", "qemu_x86_64", "--no-lock", cwd=work, env=env)
     before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     recipe = work / "recipes" / "platforms" / "qemu_x86_64.yaml"
     recipe.write_text(recipe.read_text() + "kernel:\n  modules+: [no_such_module]\n")
-    proc = run_cli("build", "qemu_x86_64", "--no-lock", cwd=work, env=cache_env, check=False)
+    proc = run_cli("build", "qemu_x86_64", "--no-lock", cwd=work, env=env, check=False)
     assert proc.returncode == 1
     assert "unknown kernel module 'no_such_module'" in proc.stderr
     assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

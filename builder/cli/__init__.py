@@ -22,8 +22,13 @@ from builder.progress import CurrentStderr
 @click.option("-q", "--quiet", is_flag=True, help="Only print errors.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
               help="Download cache folder (default: $XDG_CACHE_HOME/onie-builder).")
+@click.option("--recipes", "recipe_dirs", type=click.Path(path_type=Path, file_okay=False),
+              multiple=True, metavar="DIR",
+              help="A recipe folder (platforms/, base/) searched before $ONIE_BUILDER_RECIPES and "
+                   "the shipped recipes; repeatable, the first named is searched first.")
 @click.pass_context
-def main(ctx: click.Context, debug: bool, quiet: bool, cache_dir: Path | None) -> None:
+def main(ctx: click.Context, debug: bool, quiet: bool, cache_dir: Path | None,
+         recipe_dirs: tuple[Path, ...]) -> None:
     """Build ONIE-style network installer environments from YAML recipes.
 
     A recipe describes a platform (vendor, machine, arch, console), its kernel and the

@@ -15,9 +15,11 @@ from builder.cli.common import (
     archive_options,
     find_recipe_file,
     handle_errors,
+    load,
     log,
     make_cache,
-    recipes_dir,
+    platform_files,
+    search_path,
     source_date_epoch,
 )
 from builder.cli.envelope import emit, error
@@ -34,15 +36,18 @@ def recipes() -> None:
 @recipes.command("list")
 @handle_errors
 def recipes_list() -> None:
-    """List the platform recipes with their platform strings."""
-    from builder.recipe.load import load_recipe
-
-    for path in sorted((recipes_dir() / "platforms").glob("*.yaml")):
+    """List the platform recipes on the search path: name, platform string, description and,
+    in brackets, where each comes from (`shipped`, or a --recipes / $ONIE_BUILDER_RECIPES folder)."""
+    search = search_path()
+    for name, path in search.platforms().items():
+        where = search.where(path)
         try:
-            recipe, _ = load_recipe(path)
-            click.echo(f"{path.stem:<24} {recipe.platform_string:<34} {recipe.platform.description}")
+            recipe, _ = load(path)
+            click.echo(f"{name:<24} {recipe.platform_string:<34} {recipe.platform.description}"
+                       f"  ({where})")
         except RecipeError:
-            click.echo(f"{path.stem:<24} (invalid: run 'onie-builder recipes validate {path.stem}')")
+            click.echo(f"{name:<24} (invalid: run 'onie-builder recipes validate {path}')"
+                       f"  ({where})")
 
 
 @recipes.command("show")
@@ -50,11 +55,10 @@ def recipes_list() -> None:
 @handle_errors
 def recipes_show(recipe: str) -> None:
     """Print the fully resolved RECIPE, each value with the file and line that set it."""
-    from builder.recipe.load import load_recipe
     from builder.recipe.merge import render_with_origins
 
     path = find_recipe_file(recipe)
-    resolved, merged = load_recipe(path)
+    resolved, merged = load(path)
     click.echo(f"# {resolved.platform_string}: {' -> '.join(str(p.name) for p in merged.files)}")
     click.echo(render_with_origins(merged), nl=False)
 
@@ -64,14 +68,13 @@ def recipes_show(recipe: str) -> None:
 @handle_errors
 def recipes_validate(names: tuple[str, ...]) -> None:
     """Validate recipes (all platforms when none is named); exit 2 listing every problem."""
-    from builder.recipe.load import load_recipe
 
     paths = ([find_recipe_file(n) for n in names] if names
-             else sorted((recipes_dir() / "platforms").glob("*.yaml")))
+             else platform_files())
     problems: list[str] = []
     for path in paths:
         try:
-            recipe, _ = load_recipe(path)
+            recipe, _ = load(path)
             click.echo(f"ok  {path}  {recipe.platform_string}")
         except RecipeError as exc:
             problems.extend(exc.problems)
@@ -95,16 +98,15 @@ def lock(ctx: click.Context, names: tuple[str, ...], lock_path: Path | None,
     """
     from builder.components.lock import DEFAULT_LOCK, Lock, read_lock, write_lock
     from builder.components.resolve import Resolver, find_apt_sources
-    from builder.recipe.load import load_recipe
 
     target = lock_path or DEFAULT_LOCK
     existing = read_lock(target) if target.exists() else Lock()
     paths = ([find_recipe_file(n) for n in names] if names
-             else sorted((recipes_dir() / "platforms").glob("*.yaml")))
+             else platform_files())
     with Progress() as progress:
         cache = make_cache(ctx, progress=progress)
         for path in paths:
-            recipe, _ = load_recipe(path)
+            recipe, _ = load(path)
             progress.step(Phase.RESOLVE, f"{recipe.platform_string}: resolving")
             resolution = Resolver(recipe, cache, find_apt_sources(recipe, mirror)).resolve()
             for pin in resolution.pins:
@@ -122,7 +124,7 @@ def lock(ctx: click.Context, names: tuple[str, ...], lock_path: Path | None,
 @click.option("--force", is_flag=True, help="Rebuild even when the inputs have not changed.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--all", "all_platforms", is_flag=True,
-              help="Build every platform under recipes/platforms/; a failure does not stop the others.")
+              help="Build every platform on the recipe search path; a failure does not stop the others.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Platforms built at once (worker processes sharing one cache).")
 @click.option("--no-images", is_flag=True,
@@ -147,7 +149,7 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
         raise BuildError("--all builds every platform: name none, or drop --all")
     if all_platforms or jobs > 1:
         paths = ([find_recipe_file(n) for n in names] if names
-                 else sorted((recipes_dir() / "platforms").glob("*.yaml")))
+                 else platform_files())
         build_batch(ctx, paths, out_dir, lock_path, no_lock, offline, mirror, force, as_json, jobs,
                     not no_images)
         return
@@ -168,9 +170,8 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
         return
     from builder.build import BuildOptions, build_platform
     from builder.components.lock import read_lock
-    from builder.recipe.load import load_recipe
 
-    loaded = [load_recipe(p) for p in paths]  # every recipe is validated before anything is built
+    loaded = [load(p) for p in paths]  # every recipe is validated before anything is built
     the_lock = read_lock(lock_path) if lock_path is not None else None
     results = []
     with Progress() as progress:
@@ -203,7 +204,7 @@ def build_batch(ctx: click.Context, paths: list[Path], out_dir: Path, lock_path:
     batch = [Job(path, BuildOptions(out_dir=out_dir, source_date_epoch=source_date_epoch(path),
                                     lock=the_lock, lock_path=lock_path, mirror=mirror, force=force,
                                     images=images),
-                 ctx.obj["cache_dir"], offline, debug) for path in paths]
+                 ctx.obj["cache_dir"], offline, debug, search_path()) for path in paths]
     start = time.monotonic()
     outcomes = build_many(batch, jobs, done=lambda o: log.info(
         "==> %s: %s", o.platform, "FAILED" if o.failed else "done"))

@@ -8,42 +8,58 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from builder.errors import BuildError, RecipeError
 from builder.progress import Progress
+from builder.recipe.search import ENV, RecipePath
+
+if TYPE_CHECKING:
+    from builder.recipe.merge import Merged
+    from builder.recipe.model import Recipe
 
 log = logging.getLogger("builder")
 
 DEFAULT_RECIPE = "qemu_x86_64"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def recipes_dir() -> Path:
-    """``$ONIE_BUILDER_RECIPES``, else ``./recipes`` when present, else the shipped recipes."""
-    if explicit := os.environ.get("ONIE_BUILDER_RECIPES"):
-        return Path(explicit)
-    local = Path("recipes")
-    return local if (local / "platforms").is_dir() else REPO_ROOT / "recipes"
+def search_path() -> RecipePath:
+    """The recipe search path: ``--recipes`` folders, ``$ONIE_BUILDER_RECIPES``, the shipped."""
+    root = click.get_current_context().find_root()
+    folders = root.params.get("recipe_dirs") or ()
+    return RecipePath.from_options(folders, os.environ.get(ENV))
+
+
+def platform_files() -> list[Path]:
+    """Every platform recipe on the search path, by name."""
+    return list(search_path().platforms().values())
+
+
+def load(path: Path) -> tuple[Recipe, Merged]:
+    """``load_recipe`` with this invocation's search path: ``(Recipe, Merged)``."""
+    from builder.recipe.load import load_recipe
+
+    return load_recipe(path, search_path())
 
 
 def find_recipe_file(name: str) -> Path:
-    """A recipe argument is a file path or a platform name under ``recipes/platforms/``."""
+    """A recipe argument is a file path or a platform name on the recipe search path."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
-    candidate = recipes_dir() / "platforms" / f"{name}.yaml"
-    if candidate.is_file():
-        return candidate
-    known = sorted(p.stem for p in (recipes_dir() / "platforms").glob("*.yaml"))
+    search = search_path()
+    if (found := search.find(name)) is not None:
+        return found
+    known = list(search.platforms())
     import difflib
 
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"known platforms: {', '.join(known)}"
-    raise RecipeError([f"no recipe named {name!r} in {recipes_dir() / 'platforms'}"], hint=hint)
+    folders = ", ".join(str(f) for f in search.folders)
+    raise RecipeError([f"no recipe named {name!r} on the recipe search path ({folders})"], hint=hint)
 
 
 def source_date_epoch(recipe_file: Path) -> int:

@@ -10,7 +10,8 @@ import click
 from builder.cli.common import (
     find_recipe_file,
     handle_errors,
-    recipes_dir,
+    load,
+    platform_files,
 )
 from builder.cli.envelope import emit
 
@@ -36,12 +37,11 @@ def dhcp_config(names: tuple[str, ...], site_path: Path, fmt: str, family: str,
     """
     from builder.factory.dhcp import DhcpFormat, render_dhcp_config
     from builder.factory.sitefile import load_site
-    from builder.recipe.load import load_recipe
 
     site, _ = load_site(site_path)
     paths = ([find_recipe_file(n) for n in names] if names
-             else sorted((recipes_dir() / "platforms").glob("*.yaml")))
-    platforms = [load_recipe(p)[0].platform_string for p in paths]
+             else platform_files())
+    platforms = [load(p)[0].platform_string for p in paths]
     text = render_dhcp_config(site, platforms, DhcpFormat(fmt), int(family))
     if output is None:
         click.echo(text, nl=False)
@@ -49,7 +49,6 @@ def dhcp_config(names: tuple[str, ...], site_path: Path, fmt: str, family: str,
     from builder.components.cache import write_atomic
 
     write_atomic(output, text.encode())
-    output.chmod(0o644)
     click.echo(f"wrote {output}", err=True)
 
 

@@ -10,6 +10,7 @@ import click
 from builder.cli.common import (
     find_recipe_file,
     handle_errors,
+    load,
     source_date_epoch,
 )
 from builder.cli.envelope import emit, error
@@ -153,7 +154,6 @@ def verify(files: tuple[Path, ...], recipe_name: str | None, key_paths: tuple[Pa
     """
     from builder.files import FileRefused
     from builder.initramfs.trust import TrustStore, load_trust, strip_signature, verify_signed
-    from builder.recipe.load import load_recipe
     from builder.signing.format import BootMode, Refusal
     from builder.signing.keys import load_public_key
 
@@ -161,7 +161,7 @@ def verify(files: tuple[Path, ...], recipe_name: str | None, key_paths: tuple[Pa
         raise BuildError("give exactly one of --recipe and --key")
     if recipe_name is not None:
         path = find_recipe_file(recipe_name)
-        recipe, _ = load_recipe(path)
+        recipe, _ = load(path)
         epoch = source_date_epoch(path)
         store, platform = load_trust(recipe.trust, epoch), recipe.platform_string
         running = epoch if running is None else running

@@ -12,6 +12,7 @@ from builder.cli.common import (
     archive_options,
     find_recipe_file,
     handle_errors,
+    load,
     log,
     make_cache,
 )
@@ -39,13 +40,12 @@ def sources(ctx: click.Context, recipe: str, out_dir: Path, only: tuple[str, ...
     from builder.components.lock import read_lock
     from builder.components.resolve import Resolver, find_apt_sources
     from builder.components.sources import SourceIndex, fetch_source, find_binary_sources
-    from builder.recipe.load import load_recipe
 
     default_lock = Path("onie-builder.lock")
     if lock_path is None and not no_lock and default_lock.is_file():
         lock_path = default_lock
     the_lock = read_lock(lock_path) if lock_path is not None and not no_lock else None
-    loaded, _ = load_recipe(find_recipe_file(recipe))
+    loaded, _ = load(find_recipe_file(recipe))
     cache = make_cache(ctx, offline=offline)
     apt_sources = find_apt_sources(loaded, mirror)
     resolution = Resolver(loaded, cache, apt_sources, the_lock).resolve()

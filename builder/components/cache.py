@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from builder.errors import BuildError
+from builder.files import public_mode
 
 if TYPE_CHECKING:
     import requests  # imported when a download starts: most builds hit the cache
@@ -38,11 +39,13 @@ def sha256_file(path: Path) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half."""
+    """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half;
+    the file gets the mode a plain write would (0644 under umask 022), not mkstemp's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), public_mode())
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -124,6 +127,7 @@ class Cache:
 
         try:
             with os.fdopen(fd, "wb") as out, self.session().get(url, stream=True, timeout=60) as r:
+                os.fchmod(out.fileno(), public_mode())
                 if r.status_code != 200:
                     raise BuildError(f"downloading {url} failed: HTTP {r.status_code}")
                 if progress is None and self.on_download is not None:

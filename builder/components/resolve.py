@@ -115,7 +115,7 @@ class Resolver:
     """Turns one recipe's sources into packages and files, from a lock or from the archive."""
 
     def __init__(self, recipe: Recipe, cache: Cache, apt_sources: list[AptSource],
-                 lock: Lock | None = None) -> None:
+                 lock: Lock | None = None, relock: str | None = None) -> None:
         self.recipe = recipe
         self.cache = cache
         self.apt_sources = apt_sources
@@ -124,7 +124,7 @@ class Resolver:
         self.platform_lock = (lock.platforms.get(recipe.platform_string) if lock else None)
         if lock is not None and self.platform_lock is None:
             raise BuildError(f"the lock file has no entry for {recipe.platform_string}",
-                             hint=f"run 'onie-builder lock {recipe.name}'")
+                             hint=f"run '{relock or 'onie-builder lock RECIPE'}'")
         self._archive: Archive | None = None
         self._pins: dict[str, Pin] = {}
 

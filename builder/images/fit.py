@@ -99,8 +99,11 @@ def make_fit_image(recipe: Recipe, context: ImageContext, out: Path) -> Path:
             "platform": recipe.platform,
             "version": dts_string(recipe.version),
             "kernel_release": dts_string(context.kernel_release),
-            "kernel": kernel, "initramfs": context.initramfs,
-            "dtb": dtb, "dtb_name": dts_string(dtb.name) if dtb else "",
+            # dtc reads /incbin/ paths relative to the .its, which lies in this temporary
+            # folder: every path it names must be absolute (`--out out` is relative).
+            "kernel": kernel.absolute(), "initramfs": context.initramfs.absolute(),
+            "dtb": dtb.absolute() if dtb else None,
+            "dtb_name": dts_string(dtb.name) if dtb else "",
             "load_address": recipe.images.fit.load_address,
             "config": config_name(recipe),
             "key_name": key.stem if key else "",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from builder import __version__
 from builder.errors import BuildError
+from builder.files import public_mode
 from builder.images import fit
 from builder.images.context import ImageContext
 from builder.images.disk import MIB, SECTOR, Layout, make_gpt, make_layout
@@ -107,7 +108,7 @@ def make_updater_file(recipe: Recipe, context: ImageContext, out: Path) -> Path:
     payload = make_payload(files, context.source_date_epoch, executable=EXECUTABLES)
     script = render_script(recipe, layout, pieces, payload, boot_files)
     out.write_bytes(script + payload)
-    out.chmod(0o755)
+    out.chmod(public_mode(executable=True))
     return out
 
 

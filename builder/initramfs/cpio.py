@@ -16,6 +16,7 @@ from pathlib import Path
 import zstandard
 
 from builder.errors import BuildError
+from builder.files import public_mode
 from builder.initramfs.tree import Entry, Kind, Tree
 from builder.recipe.formats import Compression
 
@@ -231,7 +232,7 @@ def make_initramfs(tree: Tree, path: Path, mtime: int, compression: Compression,
     try:
         with os.fdopen(fd, "wb") as out:
             out.writelines(blobs)
-            os.fchmod(out.fileno(), 0o644)
+            os.fchmod(out.fileno(), public_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

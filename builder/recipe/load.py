@@ -13,6 +13,7 @@ from builder.errors import RecipeError
 from builder.recipe.document import KeyPath
 from builder.recipe.merge import Merged, load_merged
 from builder.recipe.model import Recipe
+from builder.recipe.search import RecipePath
 from builder.recipe.validation import describe_error, resolve_relative
 
 PATH_FIELDS: tuple[KeyPath, ...] = (("templates",), ("initramfs", "overlays"), ("trust", "keys"),
@@ -25,9 +26,10 @@ PATH_SCALARS: tuple[KeyPath, ...] = (("transports", "iscsi", "chap"),
                                      ("images", "updater", "key"), ("provenance", "key"))
 
 
-def load_recipe(path: Path) -> tuple[Recipe, Merged]:
-    """Load, merge and validate a recipe file; raise RecipeError listing every problem."""
-    merged = load_merged(path)
+def load_recipe(path: Path, search: RecipePath | None = None) -> tuple[Recipe, Merged]:
+    """Load, merge and validate a recipe file (``extends`` by name looks on ``search``, default
+    the shipped recipes); raise RecipeError listing every problem."""
+    merged = load_merged(path, search)
     data = dict(merged.data)
     data.setdefault("name", path.stem)
     _resolve_paths(data, merged)

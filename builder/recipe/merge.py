@@ -2,7 +2,7 @@
 
 Rules (docs/recipes.md): maps deep-merge; scalars override; lists replace, unless the
 child writes ``key+:`` which appends to the inherited list. ``extends`` is a path relative
-to the file that names it.
+to the file that names it, or a recipe name looked up on the search path (``builder.recipe.search``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import yaml
 
 from builder.errors import RecipeError
 from builder.recipe.document import Document, KeyPath, Location, format_path, load_document
+from builder.recipe.search import RecipePath, is_name
 
 APPEND = "+"
 MAX_EXTENDS = 16  # files in one chain; the shipped recipes use 3
@@ -29,9 +30,10 @@ class Merged:
     files: list[Path]
 
 
-def load_merged(path: Path) -> Merged:
-    """Load ``path`` and every recipe it extends, base first, and merge them."""
-    chain = _load_chain(path)
+def load_merged(path: Path, search: RecipePath | None = None) -> Merged:
+    """Load ``path`` and every recipe it extends, base first, and merge them; ``extends`` by
+    name looks on ``search`` (default: the shipped recipes only)."""
+    chain = _load_chain(path, search or RecipePath())
     merged = Merged({}, {}, [])
     for doc in chain:
         problems: list[str] = []
@@ -44,7 +46,7 @@ def load_merged(path: Path) -> Merged:
     return merged
 
 
-def _load_chain(path: Path) -> list[Document]:
+def _load_chain(path: Path, search: RecipePath) -> list[Document]:
     chain: list[Document] = []
     seen: list[Path] = []
     current: Path | None = path.resolve()
@@ -63,7 +65,16 @@ def _load_chain(path: Path) -> list[Document]:
             current = None
         elif not isinstance(parent, str) or not parent:
             loc = doc.locations[("extends",)]
-            raise RecipeError([f"{loc}: extends: expected a path to a recipe file, got {parent!r}"])
+            raise RecipeError([f"{loc}: extends: expected a recipe name or a path to a recipe "
+                               f"file, got {parent!r}"])
+        elif is_name(parent):
+            found = search.find(parent, besides=current)
+            if found is None:
+                loc = doc.locations[("extends",)]
+                folders = ", ".join(str(f) for f in search.folders)
+                raise RecipeError([f"{loc}: extends: no recipe named {parent!r} on the recipe "
+                                   f"search path ({folders})"])
+            current = found.resolve()
         else:
             current = (current.parent / parent).resolve()
             if not current.is_file():

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from builder.errors import BuildError
-from builder.files import FileRefused, open_regular
+from builder.files import FileRefused, open_regular, public_mode
 from builder.signing.keys import PublicKey
 
 BLOCK_SIZE = 4096
@@ -352,7 +352,7 @@ def sign_installer(src: Path, dest: Path, signer: Signer, *, image: ImageType, v
                              f"{signer.public_key.key_id} (is it the signer's key?)")
         with tmp.open("ab") as f:
             f.write(render_block(data, signature))
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, public_mode())
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -100,7 +100,8 @@ def built(tmp_path_factory: pytest.TempPathFactory,
 
     def build(name: str) -> Path:
         if name not in done:
-            proc = run_cli("build", name, "--out", str(out), "--json", "--no-lock", env=cache_env)
+            proc = run_cli("build", "--allow-untrusted",
+                           name, "--out", str(out), "--json", "--no-lock", env=cache_env)
             done[name] = Path(json.loads(proc.stdout)[0]["out"])
         return done[name]
 

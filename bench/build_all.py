@@ -34,7 +34,8 @@ def cli(cache: Path, out: Path, jobs: int) -> float:
     env = {**os.environ, "ONIE_BUILDER_CACHE": str(cache), "SOURCE_DATE_EPOCH": "1700000000",
            "ONIE_BUILDER_RECIPES": str(ROOT / "recipes")}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "builder", "-q", "build", "--all", "-j", str(jobs),
+    subprocess.run([sys.executable, "-m", "builder", "-q", "build", "--allow-untrusted",
+                    "--all", "-j", str(jobs),
                     "--no-lock", "--out", str(out)], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     return time.perf_counter() - start

@@ -50,7 +50,8 @@ def build_image(tmp: Path) -> tuple[Path, Path]:
     recipe.write_text(f"extends: {ROOT}/tests/recipes/signed_x86_64.yaml\n"
                       f"trust:\n  keys: [{tmp}/bench.pub]\n")
     env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
-    proc = subprocess.run([sys.executable, "-m", "builder", "-q", "build", str(recipe), "--out",
+    proc = subprocess.run([sys.executable, "-m", "builder", "-q", "build", "--allow-untrusted",
+                           str(recipe), "--out",
                            str(tmp / "out"), "--json", "--no-lock"], cwd=ROOT, env=env,
                           check=True, capture_output=True, text=True)
     return Path(json.loads(proc.stdout)["result"][0]["out"]), tmp / "bench.key"

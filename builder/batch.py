@@ -19,7 +19,8 @@ from pathlib import Path
 
 from builder.build import BuildOptions, build_platform
 from builder.components.cache import Cache
-from builder.errors import BuildError
+from builder.errors import BuildError, RecipeError
+from builder.preflight import check_archive, check_files
 from builder.progress import plain_step
 from builder.recipe.load import load_recipe
 from builder.recipe.search import RecipePath
@@ -65,6 +66,10 @@ def build_job(job: Job) -> Outcome:
         recipe, merged = load_recipe(job.recipe_file, job.search)
         platform = recipe.platform_string
         cache = Cache(job.cache_root, offline=job.offline)
+        # Every check before any work (builder.preflight): files first, then packages.
+        if (problems := check_files(recipe, merged)) or (problems := check_archive(
+                recipe, merged, cache, job.options.mirror, job.options.lock)):
+            raise RecipeError(problems)
         result = build_platform(recipe, merged.files, job.options, cache,
                                 step=plain_step)
         return Outcome(job.recipe_file, platform, time.monotonic() - start, result=result)

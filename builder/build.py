@@ -100,6 +100,8 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
             recipe_files, options.lock_path, options.images))
         publish(staging, final)
         record = {"platform": platform, "epoch": options.source_date_epoch, "images": options.images,
+                  # An image trusting no key is rebuilt only with --allow-untrusted (no fast path).
+                  "trusted": bool(recipe.trust.keys or recipe.discovery.insecure),
                   "lock": str(options.lock_path.resolve()) if options.lock_path else None,
                   "resolution": digest, "files": files, "outputs": outputs,
                   "sizes": [[s.name, s.compressed] for s in sizes]}

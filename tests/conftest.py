@@ -103,7 +103,7 @@ class Built:
 
     def __call__(self, name: str) -> Path:
         if name not in self.done:
-            proc = run_cli("build", name, "--out", str(self.out), "--json", "--no-lock",
+            proc = run_cli("build", "--allow-untrusted", name, "--out", str(self.out), "--json", "--no-lock",
                            env=self.cache_env)
             self.done[name] = Path(json.loads(proc.stdout)["result"][0]["out"])
             self.output[self.done[name]] = proc

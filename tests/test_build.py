@@ -77,7 +77,8 @@ def test_two_builds_are_identical(built: Callable[[str], Path], tmp_path: Path,
                                   cache_env: dict[str, str]) -> None:
     first = built("qemu_x86_64")
     time.sleep(1.1)  # a different wall-clock second must not matter
-    run_cli("build", "qemu_x86_64", "--out", str(tmp_path / "again"), "--no-lock", env=cache_env)
+    run_cli("build", "--allow-untrusted",
+            "qemu_x86_64", "--out", str(tmp_path / "again"), "--no-lock", env=cache_env)
     second = tmp_path / "again" / first.name
     for name in ("vmlinuz", "initrd.img", "manifest.json"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
@@ -117,7 +118,7 @@ def test_noop_and_change_detection(tmp_path: Path, cache_env: dict[str, str]) ->
     with (work / "recipes" / "platforms" / "qemu_x86_64.yaml").open("a") as f:
         f.write("initramfs:\n  overlays: [../overlay]\n")
     run_cli("lock", "qemu_x86_64", cwd=work, env=env)
-    build = ("build", "qemu_x86_64", "--json")
+    build = ("build", "--allow-untrusted", "qemu_x86_64", "--json")
     first = json.loads(run_cli(*build, cwd=work, env=env).stdout)["result"][0]
     assert not first["skipped"]
     again = json.loads(run_cli(*build, cwd=work, env=env).stdout)["result"][0]
@@ -141,7 +142,7 @@ def test_no_images_and_layer_reuse(tmp_path: Path, cache_env: dict[str, str]) ->
     env = {**cache_env, "ONIE_BUILDER_RECIPES": str(work / "recipes")}  # searched before the shipped
     run_cli("lock", "qemu_x86_64", cwd=work, env=env)
     out = work / "out" / "x86_64-qemu_x86_64-r0"
-    quick = ("build", "qemu_x86_64", "--json", "--no-images")
+    quick = ("build", "--allow-untrusted", "qemu_x86_64", "--json", "--no-images")
     first = json.loads(run_cli(*quick, cwd=work, env=env).stdout)["result"][0]
     assert not first["skipped"]
     assert sorted(p.name for p in out.iterdir()) == [
@@ -173,7 +174,8 @@ def test_no_images_and_layer_reuse(tmp_path: Path, cache_env: dict[str, str]) ->
     sizes = {c["name"]: c for c in manifest(out)["initramfs"]["components"]}
     assert sizes["environment"]["compressed"] > 0 and "kernel modules" in sizes
 
-    full = json.loads(run_cli("build", "qemu_x86_64", "--json", cwd=work, env=env).stdout)["result"][0]
+    full = json.loads(run_cli("build", "--allow-untrusted",
+                              "qemu_x86_64", "--json", cwd=work, env=env).stdout)["result"][0]
     assert not full["skipped"]  # images were not built before: not up to date
     assert "onie-updater-x86_64-qemu_x86_64-r0" in {p.name for p in out.iterdir()}
 
@@ -183,11 +185,11 @@ def test_failed_build_keeps_previous_output(tmp_path: Path, cache_env: dict[str,
     shutil.copytree(ROOT / "recipes", work / "recipes")
     env = {**cache_env, "ONIE_BUILDER_RECIPES": str(work / "recipes")}  # searched before the shipped
     out = work / "out" / "x86_64-qemu_x86_64-r0"
-    run_cli("build", "qemu_x86_64", "--no-lock", cwd=work, env=env)
+    run_cli("build", "--allow-untrusted", "qemu_x86_64", "--no-lock", cwd=work, env=env)
     before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     recipe = work / "recipes" / "platforms" / "qemu_x86_64.yaml"
     recipe.write_text(recipe.read_text() + "kernel:\n  modules+: [no_such_module]\n")
-    proc = run_cli("build", "qemu_x86_64", "--no-lock", cwd=work, env=env, check=False)
+    proc = run_cli("build", "--allow-untrusted", "qemu_x86_64", "--no-lock", cwd=work, env=env, check=False)
     assert proc.returncode == 1
     assert "unknown kernel module 'no_such_module'" in proc.stderr
     assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
@@ -197,7 +199,7 @@ def test_failed_build_keeps_previous_output(tmp_path: Path, cache_env: dict[str,
 def test_bad_recipe_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"extends: {ROOT}/recipes/base/x86_64.yaml\nplatform:\n  vendor: X\n")
-    proc = run_cli("build", str(bad), "--out", str(tmp_path / "out"), check=False)
+    proc = run_cli("build", "--allow-untrusted", str(bad), "--out", str(tmp_path / "out"), check=False)
     assert proc.returncode == 2
     assert "platform.vendor: expected lower-case letters" in proc.stderr
     assert "platform.machine: required key missing" in proc.stderr
@@ -211,7 +213,8 @@ def test_vendor_template_overrides_builtin(tmp_path: Path, cache_env: dict[str, 
     recipe = tmp_path / "acme.yaml"
     recipe.write_text(f"extends: {ROOT}/recipes/platforms/qemu_x86_64.yaml\n"
                       "templates: [acme-templates]\n")
-    run_cli("build", str(recipe), "--out", str(tmp_path / "out"), "--no-lock", env=cache_env)
+    run_cli("build", "--allow-untrusted",
+            str(recipe), "--out", str(tmp_path / "out"), "--no-lock", env=cache_env)
     image = tmp_path / "out" / "x86_64-qemu_x86_64-r0"
     root = unpack_initramfs(image, tmp_path / "root")
     assert (root / "etc/profile").read_text() == "# acme qemu_x86_64\n"
@@ -224,10 +227,11 @@ def test_vendor_template_overrides_builtin(tmp_path: Path, cache_env: dict[str, 
 def test_a_build_prints_only_its_own_lines(tmp_path: Path, cache_env: dict[str, str]) -> None:
     """Progress, the summary and its size breakdown; nothing a library logs on its own (such
     as python-debian's "Fixing Format URL" for an old copyright file)."""
-    proc = run_cli("build", "qemu_x86_64", "--out", str(tmp_path / "out"), "--no-images",
+    proc = run_cli("build", "--allow-untrusted", "qemu_x86_64", "--out", str(tmp_path / "out"), "--no-images",
                    "--no-lock", env=cache_env)
     lines = proc.stderr.splitlines()
     assert any(line.startswith("==> x86_64-qemu_x86_64-r0: writing the SBOMs") for line in lines)
-    own = re.compile(r"(==> x86_64-qemu_x86_64-r0: |x86_64-qemu_x86_64-r0: built in | {2}|downloading )")
+    own = re.compile(r"(==> x86_64-qemu_x86_64-r0: |x86_64-qemu_x86_64-r0: built in | {2}|downloading "
+                     r"|warning: recipes/platforms/qemu_x86_64.yaml: x86_64-qemu_x86_64-r0 trusts no key)")
     strays = [line for line in lines if not own.match(line)]
     assert strays == []

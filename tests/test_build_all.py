@@ -54,7 +54,8 @@ def test_build_all_in_parallel_with_a_fresh_shared_cache(tmp_path: Path) -> None
     recipes = make_recipes(tmp_path)
     env = {"ONIE_BUILDER_RECIPES": str(recipes), "ONIE_BUILDER_CACHE": str(tmp_path / "cache")}
     # Named, as --all would also build the shipped platforms the recipe folder is layered over.
-    proc = run_cli("build", "-j", "2", "qemu_x86_64", "accton_as7726_32x", "broken", "--no-lock",
+    proc = run_cli("build", "--allow-untrusted",
+                   "-j", "2", "qemu_x86_64", "accton_as7726_32x", "broken", "--no-lock",
                    "--out", str(tmp_path / "out"), cwd=tmp_path, env=env, check=False)
     assert proc.returncode == 1, proc.stderr
     table = proc.stdout.splitlines()
@@ -63,10 +64,12 @@ def test_build_all_in_parallel_with_a_fresh_shared_cache(tmp_path: Path) -> None
     assert rows == {"x86_64-accton_as7726_32x-r0": "built", "x86_64-qemu_broken-r0": "FAILED",
                     PLATFORM: "built"}
     assert table[4] == f"2 of 3 platforms built in {table[4].split()[6]} s; 1 failed:"
-    assert "x86_64-qemu_broken-r0: unknown kernel module 'no_such_module'" in proc.stdout
+    assert ("x86_64-qemu_broken-r0: recipes/platforms/broken.yaml:6: kernel.modules[14]: "
+            "unknown kernel module 'no_such_module'") in proc.stdout
     # Built concurrently from an empty cache, the outputs equal a plain build from the
     # (now warm) cache made right after.
-    run_cli("build", "qemu_x86_64", "--no-lock", "--out", str(tmp_path / "plain"), cwd=tmp_path,
+    run_cli("build", "--allow-untrusted",
+            "qemu_x86_64", "--no-lock", "--out", str(tmp_path / "plain"), cwd=tmp_path,
             env=env)
     ours, reference = tmp_path / "out" / PLATFORM, tmp_path / "plain" / PLATFORM
     for name in ("vmlinuz", "initrd.img", f"onie-updater-{PLATFORM}", "uki/onie.efi"):
@@ -75,7 +78,8 @@ def test_build_all_in_parallel_with_a_fresh_shared_cache(tmp_path: Path) -> None
 
 
 def test_all_refuses_names(tmp_path: Path) -> None:
-    proc = run_cli("build", "--all", "qemu_x86_64", "--out", str(tmp_path / "out"), check=False)
+    proc = run_cli("build", "--allow-untrusted",
+                   "--all", "qemu_x86_64", "--out", str(tmp_path / "out"), check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: --all builds every platform: name none, or drop --all"
 
@@ -86,7 +90,8 @@ def test_json_summary_and_up_to_date(tmp_path: Path, cache_env: dict[str, str]) 
     (recipes / "platforms" / "broken.yaml").unlink()
     (recipes / "platforms" / "accton_as7726_32x.yaml").unlink()
     env = {**cache_env, "ONIE_BUILDER_RECIPES": str(recipes)}
-    args = ("build", "-j", "2", "qemu_x86_64", "--no-lock", "--json", "--out", str(tmp_path / "out"))
+    args = ("build", "--allow-untrusted",
+            "-j", "2", "qemu_x86_64", "--no-lock", "--json", "--out", str(tmp_path / "out"))
     first = check_envelope(run_cli(*args, cwd=tmp_path, env=env).stdout, "build", True)
     assert [(o["platform"], o["ok"], o["skipped"]) for o in first] == [(PLATFORM, True, False)]
     again = json.loads(run_cli(*args, cwd=tmp_path, env=env).stdout)["result"]

@@ -70,7 +70,7 @@ YAML_CASES = [
      "bad.yaml:1: version: cannot read '2001-02-30': day is out of range for month"),
     ("? [a, b]\n: 1\n", "bad.yaml:1: (top level): expected a plain key, got a list or mapping "
                         "as a key"),
-    ("name: [\n", "bad.yaml:2: invalid YAML: expected the node content, but found '<stream end>'"),
+    ("name: [\n", "bad.yaml:2:1: invalid YAML: expected the node content, but found '<stream end>'"),
     ("x: " + "y" * (256 * 1024) + "\n", "bad.yaml: larger than 256 KiB, the most this file may be"),
 ]
 

@@ -66,7 +66,8 @@ def test_signed_fit_over_tftp_in_uboot(built: Callable[[str], Path], tmp_path: P
     recipe = tmp_path / "signed.yaml"
     recipe.write_text(f"extends: {ROOT}/recipes/platforms/qemu_arm64.yaml\n"
                       f"images:\n  formats: [fit]\n  fit:\n    key: {key}\n")
-    out = Path(json.loads(run_cli("build", str(recipe), "--out", str(tmp_path / "out"), "--json",
+    out = Path(json.loads(run_cli("build", "--allow-untrusted",
+                                  str(recipe), "--out", str(tmp_path / "out"), "--json",
                                   "--no-lock", env=cache_env).stdout)["result"][0]["out"]) / "fit"
     listing = dumpimage(out / "onie.itb")
     assert "Sign algo:    sha256,rsa2048:dev" in listing

@@ -30,7 +30,8 @@ def files(folder: Path, prefix: str = "") -> dict[str, bytes]:
 
 
 def build(recipe: str | Path, out: Path, env: dict[str, str]) -> Path:
-    proc = run_cli("build", str(recipe), "--out", str(out), "--json", "--no-lock", "--force", env=env)
+    proc = run_cli("build", "--allow-untrusted",
+                   str(recipe), "--out", str(out), "--json", "--no-lock", "--force", env=env)
     return Path(json.loads(proc.stdout)["result"][0]["out"])
 
 

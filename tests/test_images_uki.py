@@ -84,7 +84,8 @@ def test_uki_under_secure_boot(tmp_path: Path, cache_env: dict[str, str]) -> Non
     recipe.write_text(f"extends: {ROOT}/recipes/platforms/qemu_x86_64.yaml\n"
                       f"images:\n  formats: [uki]\n  uki:\n"
                       f"    secureboot_key: {db_key}\n    secureboot_cert: {db_cert}\n")
-    out = Path(json.loads(run_cli("build", str(recipe), "--out", str(tmp_path / "out"), "--json",
+    out = Path(json.loads(run_cli("build", "--allow-untrusted",
+                                  str(recipe), "--out", str(tmp_path / "out"), "--json",
                                   "--no-lock", env=cache_env).stdout)["result"][0]["out"])
     good = out / "uki" / "onie.efi"
     subprocess.run(["sbverify", "--cert", str(db_cert), str(good)], check=True, capture_output=True)

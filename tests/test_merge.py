@@ -82,7 +82,7 @@ def test_replacing_a_list_forgets_old_origins(tmp_path: Path, base: Path) -> Non
     ({"a.yaml": "extends: b.yaml\nl+: [1]\n", "b.yaml": "l: 3\n"},
      "a.yaml:2: l+: appending needs a list on both sides, got int and list"),
     ({"a.yaml": "k: 1\nk: 2\n"}, "a.yaml:2: k: key given twice"),
-    ({"a.yaml": "k: [1\n"}, "a.yaml:2: invalid YAML: expected ',' or ']', but got '<stream end>'"),
+    ({"a.yaml": "k: [1\n"}, "a.yaml:2:1: invalid YAML: expected ',' or ']', but got '<stream end>'"),
     ({"a.yaml": "- 1\n"}, "a.yaml:1: a recipe must be a mapping of keys"),
 ])
 def test_merge_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

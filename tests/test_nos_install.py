@@ -57,7 +57,8 @@ def images(tmp_path_factory: pytest.TempPathFactory, cache_env: dict[str, str]) 
         if table not in built:
             recipe = RECIPES / ("lab_x86_64.yaml" if table == "gpt" else "msdos_x86_64.yaml")
             out = tmp_path_factory.mktemp(f"nos-out-{table}")
-            proc = run_cli("build", str(recipe), "--out", str(out), "--json", "--no-lock", env=cache_env)
+            proc = run_cli("build", "--allow-untrusted",
+                           str(recipe), "--out", str(out), "--json", "--no-lock", env=cache_env)
             built[table] = Path(json.loads(proc.stdout)["result"][0]["out"])
         return built[table]
 

@@ -128,7 +128,8 @@ def signed_builds(tmp_path_factory: pytest.TempPathFactory,
                                       "provenance:\n  key: release.key\n")
     outs = []
     for name in ("one", "two"):
-        proc = run_cli("build", str(work / "signed.yaml"), "--out", str(work / name), "--json",
+        proc = run_cli("build", "--allow-untrusted",
+                       str(work / "signed.yaml"), "--out", str(work / name), "--json",
                        "--no-lock", "--force", env=cache_env)
         outs.append(Path(json.loads(proc.stdout)["result"][0]["out"]))
         time.sleep(1.1)  # another wall-clock second must not matter

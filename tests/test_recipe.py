@@ -126,12 +126,13 @@ def test_missing_required_keys_are_listed_together(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RecipeError) as info:
         load_recipe(tmp_path / "r.yaml")
+    # Sorted by file and line (#20), then by text on the same line.
     assert info.value.problems == [
-        "r.yaml:1: platform.machine: required key missing",
+        "r.yaml:1: kernel: required key missing",
         "r.yaml:1: platform.arch: required key missing",
+        "r.yaml:1: platform.machine: required key missing",
         "r.yaml:1: platform.switch_asic: required key missing",
         "r.yaml:1: platform.vendor_id: required key missing",
-        "r.yaml:1: kernel: required key missing",
     ]
 
 

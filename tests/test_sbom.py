@@ -168,7 +168,8 @@ def test_an_added_component_appears(tmp_path: Path, cache_env: dict[str, str]) -
                       "    - debian: lsscsi\n      binaries: [/usr/bin/lsscsi]\n"
                       "    - path: note.txt\n      dest: /etc/vendor-note\n"
                       "    - path: acme-tools.deb\n      files: [/usr/share/acme/tool.conf]\n")
-    proc = run_cli("build", str(recipe), "--out", str(tmp_path / "out"), "--json", "--no-lock",
+    proc = run_cli("build", "--allow-untrusted",
+                   str(recipe), "--out", str(tmp_path / "out"), "--json", "--no-lock",
                    "--no-images", env=cache_env)
     folder = Path(json.loads(proc.stdout)["result"][0]["out"])
     check_against_manifest(folder)

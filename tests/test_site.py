@@ -152,13 +152,13 @@ http_boot:
   - {arch: x86_64, image: a.efi}
   - {arch: x86_64, image: b.efi}
 """)
-    assert problems == [
+    assert problems == [  # sorted by file and line (#20)
+        "site.yaml:2: server: an IPv6 subnet needs 'server.address6' for its URLs",
+        "site.yaml:7: subnets[1].network: 10.200.5.128/25 overlaps subnets[0] (10.200.5.0/24)",
         "site.yaml:13: platforms[1].platform: 'x86_64-qemu_x86_64-r0' is already listed at platforms[0]",
         "site.yaml:17: devices[0].address: 10.200.9.9 is in none of the subnets",
         "site.yaml:18: devices[1].mac: '52:54:00:00:00:01' is already used by devices[0]",
         "site.yaml:19: devices[1].serial: 'S1' is already used by devices[0]",
-        "site.yaml:7: subnets[1].network: 10.200.5.128/25 overlaps subnets[0] (10.200.5.0/24)",
-        "site.yaml:2: server: an IPv6 subnet needs 'server.address6' for its URLs",
         "site.yaml:22: http_boot[1].arch: 'x86_64' is listed twice",
     ]
 

@@ -62,7 +62,8 @@ def ssh_image(tmp_path_factory: pytest.TempPathFactory, keys: Keys,
     recipe = tmp / "ssh.yaml"
     recipe.write_text(f"extends: {LAB_RECIPE}\n" + yaml.safe_dump(
         {"ssh": {"authorized_keys": [str(keys.operator.with_suffix(".pub"))]}}))
-    proc = run_cli("build", str(recipe), "--out", str(tmp / "out"), "--json", "--no-lock",
+    proc = run_cli("build", "--allow-untrusted",
+                   str(recipe), "--out", str(tmp / "out"), "--json", "--no-lock",
                    "--no-images", env=cache_env)
     return Path(json.loads(proc.stdout)["result"][0]["out"])
 

@@ -74,7 +74,8 @@ def test_discovery_only_image(built: Callable[[str], Path], tmp_path: Path,
     recipe = tmp_path / "discovery_only.yaml"
     recipe.write_text(f"extends: {PLATFORMS / 'qemu_x86_64.yaml'}\n"
                       "initramfs:\n  discovery_only: true\n")
-    proc = run_cli("build", str(recipe), "--out", str(tmp_path / "out"), "--json", "--no-lock",
+    proc = run_cli("build", "--allow-untrusted",
+                   str(recipe), "--out", str(tmp_path / "out"), "--json", "--no-lock",
                    "--no-images", env=cache_env)
     result = json.loads(proc.stdout)["result"][0]
     small = manifest(Path(result["out"]))

@@ -256,7 +256,7 @@ def signed_image(tmp_path_factory: pytest.TempPathFactory, keys: Keys,
     recipe = tmp / "signed.yaml"  # keys by absolute path: they live in this session's tmp
     recipe.write_text(f"extends: {ROOT}/tests/recipes/signed_x86_64.yaml\n" + yaml.safe_dump(
         {"trust": {**trust.model_dump(), "keys": [str(k) for k in trust.keys]}}))
-    out = json.loads(run_cli("build", str(recipe), "--out", str(tmp / "out"), "--json",
+    out = json.loads(run_cli("build", "--allow-untrusted", str(recipe), "--out", str(tmp / "out"), "--json",
                              "--no-lock", env=cache_env).stdout)["result"][0]["out"]
     return Path(out)
 

@@ -89,7 +89,8 @@ def build_image(recipe_text: str, folder: Path, cache_env: dict[str, str]) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     recipe = folder / "recipe.yaml"
     recipe.write_text(recipe_text)
-    proc = run_cli("build", str(recipe), "--out", str(folder / "out"), "--json", "--no-lock",
+    proc = run_cli("build", "--allow-untrusted",
+                   str(recipe), "--out", str(folder / "out"), "--json", "--no-lock",
                    env=cache_env)
     return Path(json.loads(proc.stdout)["result"][0]["out"])
 

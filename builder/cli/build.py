@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -65,21 +67,69 @@ def recipes_show(recipe: str) -> None:
 
 @recipes.command("validate")
 @click.argument("names", nargs=-1)
+@archive_options
+@click.pass_context
 @handle_errors
-def recipes_validate(names: tuple[str, ...]) -> None:
-    """Validate recipes (all platforms when none is named); exit 2 listing every problem."""
+def recipes_validate(ctx: click.Context, names: tuple[str, ...], lock_path: Path | None,
+                     no_lock: bool, offline: bool, mirror: str | None) -> None:
+    """Check recipes (all platforms when none is named) for everything `build` would fail on.
+
+    YAML, keys and values; the files they name (overlays, keys, CA, authorized keys...), read
+    and parsed; Debian packages in the archive's index for the platform's architecture (or
+    the lock), kernel modules in the kernel package, binaries in their packages, read through
+    the same cache and lock as `build` (--offline works from the cache). Exit 2 listing
+    every problem as file:line: key: message, sorted by file and line.
+    """
+    from builder.components.lock import read_lock
+    from builder.preflight import check_archive, untrusted
 
     paths = ([find_recipe_file(n) for n in names] if names
              else platform_files())
-    problems: list[str] = []
-    for path in paths:
+    problems, loaded = load_checked(paths)
+    lock_path = pick_lock(lock_path, no_lock)
+    the_lock = read_lock(lock_path) if lock_path is not None else None
+    cache = make_cache(ctx, offline=offline)
+    for path, recipe, merged, files_ok in loaded:
         try:
-            recipe, _ = load(path)
+            found = check_archive(recipe, merged, cache, mirror, the_lock)
+        except BuildError as exc:  # the mirror, the cache or --offline: not the recipe's fault
+            if not problems:
+                raise
+            raise RecipeError(problems, hint=f"packages not checked: {exc.message}") from None
+        problems += found
+        if files_ok and not found:
             click.echo(f"ok  {path}  {recipe.platform_string}")
-        except RecipeError as exc:
-            problems.extend(exc.problems)
+        if (line := untrusted(recipe, merged)) is not None:
+            click.echo(f"warning: {line} (build refuses it without --allow-untrusted)", err=True)
     if problems:
         raise RecipeError(problems)
+
+
+def load_checked(paths: list[Path]) -> tuple[list[str], list[tuple[Path, Any, Any, bool]]]:
+    """Load every recipe and check the files it names: every problem of every recipe, and
+    the recipes that loaded (with their merged documents, and whether their files passed)."""
+    from builder.preflight import check_files
+
+    problems: list[str] = []
+    loaded = []
+    for path in paths:
+        try:
+            recipe, merged = load(path)
+        except RecipeError as exc:
+            problems.extend(exc.problems)
+            continue
+        found = check_files(recipe, merged)
+        problems += found
+        loaded.append((path, recipe, merged, not found))
+    return problems, loaded
+
+
+def pick_lock(lock_path: Path | None, no_lock: bool) -> Path | None:
+    """The lock to resolve from: --lock, else onie-builder.lock when present; none with --no-lock."""
+    if no_lock:
+        return None
+    default_lock = Path("onie-builder.lock")
+    return lock_path if lock_path is not None or not default_lock.is_file() else default_lock
 
 
 @click.command()
@@ -130,11 +180,14 @@ def lock(ctx: click.Context, names: tuple[str, ...], lock_path: Path | None,
 @click.option("--no-images", is_flag=True,
               help="Build the kernel and initramfs only, not the recipe's images (a quicker "
                    "edit-and-boot loop with `onie-builder boot`).")
+@click.option("--allow-untrusted", is_flag=True,
+              help="Build an image that trusts no key (no trust.keys, not discovery.insecure), "
+                   "which refuses every installer; without it such a build fails.")
 @click.pass_context
 @handle_errors
 def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: Path | None,
           no_lock: bool, offline: bool, mirror: str | None, force: bool, as_json: bool,
-          all_platforms: bool, jobs: int, no_images: bool) -> None:
+          all_platforms: bool, jobs: int, no_images: bool, allow_untrusted: bool) -> None:
     """Build the named platform recipes (default: qemu_x86_64) into OUT/<platform>/.
 
     Each output folder holds `vmlinuz`, `initrd.img`, `manifest.json` and the boot images
@@ -151,32 +204,38 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
         paths = ([find_recipe_file(n) for n in names] if names
                  else platform_files())
         build_batch(ctx, paths, out_dir, lock_path, no_lock, offline, mirror, force, as_json, jobs,
-                    not no_images)
+                    not no_images, allow_untrusted)
         return
     paths = [find_recipe_file(n) for n in (names or (DEFAULT_RECIPE,))]
-    default_lock = Path("onie-builder.lock")
-    if lock_path is None and not no_lock and default_lock.is_file():
-        lock_path = default_lock
-    if no_lock:
-        lock_path = None
+    lock_path = pick_lock(lock_path, no_lock)
     epochs = [source_date_epoch(p) for p in paths]
     # Fast path: a locked build whose recorded inputs are all unchanged needs no imports.
     fresh = [None if force else find_fresh(out_dir, p, e, lock_path, not no_images)
              for p, e in zip(paths, epochs, strict=True)]
-    if all(fresh):
+    if all(fresh) and (allow_untrusted or all(r and r.get("trusted") for r in fresh)):
         report([BuildResult(r["platform"], out_dir / r["platform"], r["outputs"], True, 0.0,
                             tuple((str(n), int(s)) for n, s in r.get("sizes", [])))
                 for r in fresh if r], as_json, paths)
         return
     from builder.build import BuildOptions, build_platform
     from builder.components.lock import read_lock
+    from builder.preflight import check_archive
 
-    loaded = [load(p) for p in paths]  # every recipe is validated before anything is built
+    # Every check before any work: the recipes and the files they name (no download), then
+    # their packages, modules and binaries (through the cache), for every recipe named.
+    problems, loaded = load_checked(paths)
+    problems += check_trust(loaded, allow_untrusted)
+    if problems:
+        raise RecipeError(problems)
     the_lock = read_lock(lock_path) if lock_path is not None else None
     results = []
     with Progress() as progress:
         cache = make_cache(ctx, offline=offline, progress=progress)
-        for epoch, (recipe, merged) in zip(epochs, loaded, strict=True):
+        for _, recipe, merged, _ in loaded:
+            problems += check_archive(recipe, merged, cache, mirror, the_lock)
+        if problems:
+            raise RecipeError(problems)
+        for epoch, (_, recipe, merged, _) in zip(epochs, loaded, strict=True):
             options = BuildOptions(out_dir=out_dir, source_date_epoch=epoch, lock=the_lock,
                                    lock_path=lock_path, mirror=mirror, force=force,
                                    images=not no_images)
@@ -185,9 +244,23 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
     report(results, as_json, paths)
 
 
+def check_trust(loaded: list[tuple[Path, Any, Any, bool]], allow: bool) -> list[str]:
+    """The images that trust no key: problems, or with --allow-untrusted a warning line each."""
+    from builder.preflight import untrusted
+
+    lines = [line for _, recipe, merged, _ in loaded
+             if (line := untrusted(recipe, merged)) is not None]
+    if allow:
+        for line in lines:
+            click.echo(f"warning: {line} (--allow-untrusted)", err=True)
+        return []
+    return [f"{line}; name a public key in trust.keys (docs/signed-installer.md) or pass "
+            "--allow-untrusted" for line in lines]
+
+
 def build_batch(ctx: click.Context, paths: list[Path], out_dir: Path, lock_path: Path | None,
                 no_lock: bool, offline: bool, mirror: str | None, force: bool, as_json: bool,
-                jobs: int, images: bool) -> None:
+                jobs: int, images: bool, allow_untrusted: bool) -> None:
     """Build many platforms, ``jobs`` at once; print the summary; exit 1 if any failed."""
     import time
 
@@ -195,10 +268,13 @@ def build_batch(ctx: click.Context, paths: list[Path], out_dir: Path, lock_path:
     from builder.build import BuildOptions
     from builder.components.lock import read_lock
 
-    if not no_lock and lock_path is None and Path("onie-builder.lock").is_file():
-        lock_path = Path("onie-builder.lock")
-    if no_lock:
-        lock_path = None
+    loaded = []
+    for path in paths:  # a recipe that does not load fails in its worker, beside the others
+        with contextlib.suppress(RecipeError):
+            loaded.append((path, *load(path), True))
+    if refused := check_trust(loaded, allow_untrusted):
+        raise RecipeError(refused)
+    lock_path = pick_lock(lock_path, no_lock)
     the_lock = read_lock(lock_path) if lock_path is not None else None
     debug = bool(ctx.find_root().params.get("debug"))
     batch = [Job(path, BuildOptions(out_dir=out_dir, source_date_epoch=source_date_epoch(path),

@@ -22,7 +22,7 @@ from debian.debian_support import Version
 from builder.components.cache import Cache, write_atomic
 from builder.components.keyring import keyrings, verify_release
 from builder.components.mirror import AptSource
-from builder.errors import BuildError
+from builder.errors import BuildError, MissingPackage
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class Archive:
         if version is not None:
             rows = [row for row in rows if row[0] == version]
             if not rows:
-                raise BuildError(
+                raise MissingPackage(
                     f"Debian package '{name}' has no version {version} for {self.arch} in "
                     f"{self._suites()}; available: {', '.join(self._versions(name))}"
                 )
@@ -223,7 +223,7 @@ class Archive:
                     continue
                 dep = next(filter(None, map(self._resolve, alternatives)), None)
                 if dep is None:
-                    raise BuildError(
+                    raise MissingPackage(
                         f"Debian package '{pkg.name}' {pkg.version} depends on '{group}', "
                         f"which nothing for {self.arch} in {self._suites()} provides"
                     )
@@ -261,14 +261,14 @@ class Archive:
 
     def _not_found(self, name: str) -> BuildError:
         if providers := sorted({p for index in self._loaded() for p in index.providers(name)}):
-            return BuildError(
+            return MissingPackage(
                 f"Debian package '{name}' is virtual for {self.arch} in {self._suites()}; "
                 f"name the package that provides it: {_choices(providers)}"
             )
         known = sorted({n for index in self._loaded() for n in index.names})
         close = difflib.get_close_matches(name, known, n=3)
         message = f"Debian package '{name}' not found for {self.arch} in {self._suites()}"
-        return BuildError(message + (f"; did you mean {_choices(close)}?" if close else ""))
+        return MissingPackage(message + (f"; did you mean {_choices(close)}?" if close else ""))
 
     def _versions(self, name: str) -> list[str]:
         versions = {v for index in self._loaded() for v, _ in index.rows(name)}

@@ -61,6 +61,36 @@ def unpack_deb(deb: Path, cache: Cache, name: str = "") -> Path:
     return tree
 
 
+CONTENTS_FORMAT = 1
+
+
+def list_contents(deb: Path, cache: Cache) -> dict[str, str]:
+    """What ``dpkg --contents`` shows of ``deb``, read from the data.tar member names without
+    writing a file: each path (no leading ``./``) to ``"d"`` (folder), ``"f"`` (file, hard
+    links too) or ``"l:TARGET"`` (symlink). Kept in the cache by the package's digest."""
+    cached = bool(re.fullmatch(r"[0-9a-f]{64}", deb.name)) and deb == cache.blob_path(deb.name)
+    digest = deb.name if cached else sha256_file(deb)
+    saved = cache.root / "derived" / "contents" / f"{digest}.v{CONTENTS_FORMAT}.json"
+    if saved.is_file():
+        try:
+            found: dict[str, str] = json.loads(saved.read_bytes())
+            return found
+        except ValueError:
+            pass  # a damaged copy: read the package again
+    entries: dict[str, str] = {}
+    with _data_tar(deb) as tar:
+        for member in tar:
+            rel = _member_path(member.name, deb)
+            if member.isdir():
+                entries[rel] = "d"
+            elif member.issym():
+                entries[rel] = f"l:{member.linkname}"
+            elif member.isreg() or member.islnk():
+                entries[rel] = "f"
+    write_atomic(saved, json.dumps(entries, sort_keys=True).encode())
+    return entries
+
+
 def read_control(deb: Path) -> dict[str, str]:
     """The fields of the package's ``control`` file (Package, Version, Source, Built-Using...)."""
     with _member_tar(deb, "control.tar") as tar:

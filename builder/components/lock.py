@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.components.cache import write_atomic
-from builder.errors import BuildError
+from builder.errors import BuildError, MissingPackage
 
 LOCK_VERSION = 1
 DEFAULT_LOCK = Path("onie-builder.lock")
@@ -50,7 +50,7 @@ class Lock:
         try:
             return self.packages[arch][name]
         except KeyError:
-            raise BuildError(f"lock file has no pin for {name}:{arch}",
+            raise MissingPackage(f"lock file has no pin for {name}:{arch}",
                              hint="run 'onie-builder lock' again") from None
 
     def add(self, pin: Pin) -> None:

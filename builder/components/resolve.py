@@ -18,7 +18,7 @@ from builder.components.deb import unpack_deb
 from builder.components.lock import Lock, Pin, PlatformLock
 from builder.components.mirror import AptSource, find_host_sources, parse_mirror_option
 from builder.components.unpacked import resolve_inside
-from builder.errors import BuildError
+from builder.errors import BuildError, MissingPackage
 from builder.recipe.component import Component, Source
 from builder.recipe.implied import implied_components
 from builder.recipe.model import Recipe
@@ -150,7 +150,7 @@ class Resolver:
         source = self.recipe.kernel
         if source.debian is not None:
             names = (self.platform_lock.kernel if self.platform_lock
-                     else [self._kernel_package_name(source.debian, source.version)])
+                     else [self.kernel_package_name(source.debian, source.version)])
             packages = tuple(self._package(n, None) for n in names)
             out_lock.kernel = [p.pin.name for p in packages]
         elif source.is_package:
@@ -163,7 +163,7 @@ class Resolver:
             return ResolvedKernel((), image, "unknown", None)
         return self._kernel_from(packages)
 
-    def _kernel_package_name(self, name: str, version: str | None) -> str:
+    def kernel_package_name(self, name: str, version: str | None) -> str:
         """Follow a metapackage such as ``linux-image-amd64`` to the versioned kernel package."""
         pkg = self.archive.find(name, version)
         if re.match(r"linux-image-\d", pkg.name):
@@ -195,19 +195,7 @@ class Resolver:
                            out_lock: PlatformLock) -> ResolvedComponent:
         key = source_key(component)
         if component.debian is not None:
-            if self.platform_lock is not None:
-                try:
-                    names = self.platform_lock.components[key]
-                except KeyError:
-                    raise BuildError(f"the lock file has no entry for {key} on "
-                                     f"{self.recipe.platform_string}",
-                                     hint="run 'onie-builder lock' again") from None
-                packages = tuple(self._package(n, None) for n in names)
-            else:
-                wanted = self.archive.find(component.debian, component.version)
-                closure = self.archive.closure([wanted.name]) if component.binaries else [wanted]
-                closure = [wanted, *[p for p in closure if p.name != wanted.name]]
-                packages = tuple(self._package(p.name, p) for p in closure)
+            packages = tuple(self._package(n, p) for n, p in self.package_names(component))
             out_lock.components[key] = [p.pin.name for p in packages]
             return ResolvedComponent(name, component, key, packages, None, packages[0].pin.sha256)
         if component.is_package:
@@ -216,16 +204,37 @@ class Resolver:
         sha256, path = self._single_file(component)
         return ResolvedComponent(name, component, key, (), path, sha256)
 
-    def _package(self, name: str, found: DebPackage | None) -> Package:
-        """Fetch and unpack one Debian package, pinned by the lock or by the archive's index."""
+    def package_names(self, component: Source) -> list[tuple[str, DebPackage | None]]:
+        """The Debian packages a ``debian:`` component uses, its own first: the lock's list, or
+        the package and (when it names binaries) its Depends closure from the archive."""
+        assert component.debian is not None
+        if self.platform_lock is not None:
+            key = source_key(component)
+            try:
+                return [(n, None) for n in self.platform_lock.components[key]]
+            except KeyError:
+                raise MissingPackage(f"the lock file has no entry for {key} on "
+                                 f"{self.recipe.platform_string}",
+                                 hint="run 'onie-builder lock' again") from None
+        wanted = self.archive.find(component.debian, component.version)
+        binaries = isinstance(component, Component) and bool(component.binaries)
+        closure = self.archive.closure([wanted.name]) if binaries else [wanted]
+        return [(p.name, p) for p in [wanted, *[p for p in closure if p.name != wanted.name]]]
+
+    def fetch(self, name: str, found: DebPackage | None = None) -> tuple[Pin, Path]:
+        """One Debian package's pin and its .deb in the cache (downloaded when missing), pinned
+        by the lock or by the archive's index; not unpacked."""
         if self.lock is not None:
             pin = self.lock.pin(self.arch, name) if name in self.lock.packages.get(self.arch, {}) \
                 else self.lock.pin("all", name)
-            deb = self._fetch_pinned(pin)
-        else:
-            pkg = found or self.archive.find(name)
-            pin = Pin(pkg.name, pkg.version, pkg.arch, pkg.sha256, pkg.size, pkg.filename)
-            deb = self.archive.fetch(pkg)
+            return pin, self._fetch_pinned(pin)
+        pkg = found or self.archive.find(name)
+        pin = Pin(pkg.name, pkg.version, pkg.arch, pkg.sha256, pkg.size, pkg.filename)
+        return pin, self.archive.fetch(pkg)
+
+    def _package(self, name: str, found: DebPackage | None) -> Package:
+        """Fetch and unpack one Debian package, pinned by the lock or by the archive's index."""
+        pin, deb = self.fetch(name, found)
         self._pins[pin.name] = pin
         return Package(pin, unpack_deb(deb, self.cache, pin.name))
 

@@ -87,7 +87,7 @@ def load_document(path: Path) -> Document:
     except LoadProblem as exc:
         raise RecipeError([f"{name}:{exc.line}: {format_path(exc.path)}: {exc.message}"]) from None
     except yaml.YAMLError as exc:
-        raise RecipeError([f"{name}:{_error_line(exc, text)}: invalid YAML: {_problem(exc)}"]) \
+        raise RecipeError([f"{name}:{_error_place(exc, text)}: invalid YAML: {_problem(exc)}"]) \
             from None
     finally:
         loader.dispose()
@@ -130,11 +130,13 @@ class BoundedLoader(yaml.SafeLoader):
             self._path = outer
 
 
-def _error_line(exc: yaml.YAMLError, text: str) -> int:
+def _error_place(exc: yaml.YAMLError, text: str) -> str:
+    """``line:column`` (both from 1) where the parser gave up."""
     if isinstance(exc, yaml.reader.ReaderError):
-        return text.count("\n", 0, exc.position) + 1
+        line_start = text.rfind("\n", 0, exc.position) + 1
+        return f"{text.count(chr(10), 0, exc.position) + 1}:{exc.position - line_start + 1}"
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    return mark.line + 1 if mark is not None else 1
+    return f"{mark.line + 1}:{mark.column + 1}" if mark is not None else "1:1"
 
 
 def _problem(exc: yaml.YAMLError) -> str:

@@ -189,8 +189,9 @@ def test_failed_build_keeps_previous_output(tmp_path: Path, cache_env: dict[str,
     before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     recipe = work / "recipes" / "platforms" / "qemu_x86_64.yaml"
     recipe.write_text(recipe.read_text() + "kernel:\n  modules+: [no_such_module]\n")
-    proc = run_cli("build", "--allow-untrusted", "qemu_x86_64", "--no-lock", cwd=work, env=env, check=False)
-    assert proc.returncode == 1
+    proc = run_cli("build", "--allow-untrusted",
+                   "qemu_x86_64", "--no-lock", cwd=work, env=env, check=False)
+    assert proc.returncode == 2  # a recipe error, found before the build started
     assert "unknown kernel module 'no_such_module'" in proc.stderr
     assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(os.listdir(work / "out")) == [".stamps", "x86_64-qemu_x86_64-r0"]

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.build import BuildOptions, build_platform
+from builder.build import BuildOptions, build_platform, relock_command
 from builder.components.cache import Cache
 from builder.errors import BuildError, RecipeError
 from builder.preflight import check_archive, check_files
@@ -68,7 +68,8 @@ def build_job(job: Job) -> Outcome:
         cache = Cache(job.cache_root, offline=job.offline)
         # Every check before any work (builder.preflight): files first, then packages.
         if (problems := check_files(recipe, merged)) or (problems := check_archive(
-                recipe, merged, cache, job.options.mirror, job.options.lock)):
+                recipe, merged, cache, job.options.mirror, job.options.lock,
+                relock_command(job.recipe_file, job.options.lock_path))):
             raise RecipeError(problems)
         result = build_platform(recipe, merged.files, job.options, cache,
                                 step=plain_step)

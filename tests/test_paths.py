@@ -34,7 +34,8 @@ def relative_build(tmp_path: Path, cache_env: dict[str, str], name: str,
     cwd.mkdir()
     recipe = os.path.relpath(ROOT / "recipes" / "platforms" / f"{name}.yaml", cwd)
     cache = os.path.relpath(cache_env["ONIE_BUILDER_CACHE"], cwd)
-    proc = run_cli("--cache", cache, "build", recipe, "--out", "out", "--json", *extra, cwd=cwd,
+    proc = run_cli("--cache", cache, "build", "--allow-untrusted",
+                   recipe, "--out", "out", "--json", *extra, cwd=cwd,
                    env={"ONIE_BUILDER_CACHE": "/nonexistent-use-the-cache-option"})
     summary = json.loads(proc.stdout)["result"][0]
     return cwd, summary
@@ -65,7 +66,8 @@ def test_x86_64_with_relative_paths_and_umask_022(tmp_path: Path, cache_env: dic
     cache = os.path.relpath(cache_env["ONIE_BUILDER_CACHE"], cwd)
     env = {"ONIE_BUILDER_CACHE": "/nonexistent-use-the-cache-option"}
     run_cli("--cache", cache, "lock", recipe, "--lock", "site.lock", cwd=cwd, env=env)
-    proc = run_cli("--cache", cache, "build", recipe, "--lock", "site.lock", "--out", "out",
+    proc = run_cli("--cache", cache, "build", "--allow-untrusted",
+                   recipe, "--lock", "site.lock", "--out", "out",
                    "--json", cwd=cwd, env=env)
     out = cwd / json.loads(proc.stdout)["result"][0]["out"]
     assert out == cwd / "out" / "x86_64-qemu_x86_64-r0"

@@ -71,8 +71,8 @@ def test_validate_lists_every_class_sorted_at_file_line_key(tmp_path: Path,
 
 def test_shipped_recipes_validate(cache_env: dict[str, str]) -> None:
     proc = run_cli("recipes", "validate", env=cache_env)
-    assert sorted(line.split()[1] for line in proc.stdout.splitlines()) == sorted(
-        f"recipes/platforms/{p.name}" for p in (ROOT / "recipes" / "platforms").glob("*.yaml"))
+    assert sorted(Path(line.split()[1]).resolve() for line in proc.stdout.splitlines()) == sorted(
+        p.resolve() for p in (ROOT / "recipes" / "platforms").glob("*.yaml"))
 
 
 def test_build_fails_before_any_download_and_writes_nothing(tmp_path: Path) -> None:

@@ -89,7 +89,8 @@ def test_lock_hint_names_the_recipe_and_the_lock_file(tmp_path: Path) -> None:
     lock.write_text(json.dumps({"lock-version": 1, "packages": {}, "platforms": {}}))
     recipe = folder(tmp_path / "u", {"platforms/qemu_d.yaml": "extends: qemu_x86_64\nplatform:\n"
                                                               "  machine: qemu_d\n"})
-    proc = run_cli("build", "u/platforms/qemu_d.yaml", "--lock", "site.lock", "--out", "out",
+    proc = run_cli("build", "--allow-untrusted",
+                   "u/platforms/qemu_d.yaml", "--lock", "site.lock", "--out", "out",
                    cwd=tmp_path, check=False)
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-2:] == [

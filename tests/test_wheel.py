@@ -47,7 +47,8 @@ def test_wheel_builds_the_default_platform_from_an_empty_folder(
     where = subprocess.run([venv / "bin" / "python", "-c", "import builder; print(builder.__file__)"],
                            cwd=empty, env=env, capture_output=True, text=True, check=True).stdout
     assert Path(where.strip()).is_relative_to(venv)
-    proc = subprocess.run([venv / "bin" / "onie-builder", "build", "--no-lock", "--json"], cwd=empty,
+    proc = subprocess.run([venv / "bin" / "onie-builder", "build", "--allow-untrusted",
+                          "--no-lock", "--json"], cwd=empty,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     out = empty / json.loads(proc.stdout)["result"][0]["out"]

@@ -80,6 +80,7 @@ def recipes_validate(ctx: click.Context, names: tuple[str, ...], lock_path: Path
     the same cache and lock as `build` (--offline works from the cache). Exit 2 listing
     every problem as file:line: key: message, sorted by file and line.
     """
+    from builder.build import relock_command
     from builder.components.lock import read_lock
     from builder.preflight import check_archive, untrusted
 
@@ -91,7 +92,8 @@ def recipes_validate(ctx: click.Context, names: tuple[str, ...], lock_path: Path
     cache = make_cache(ctx, offline=offline)
     for path, recipe, merged, files_ok in loaded:
         try:
-            found = check_archive(recipe, merged, cache, mirror, the_lock)
+            found = check_archive(recipe, merged, cache, mirror, the_lock,
+                                  relock_command(path, lock_path))
         except BuildError as exc:  # the mirror, the cache or --offline: not the recipe's fault
             if not problems:
                 raise
@@ -217,7 +219,7 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
                             tuple((str(n), int(s)) for n, s in r.get("sizes", [])))
                 for r in fresh if r], as_json, paths)
         return
-    from builder.build import BuildOptions, build_platform
+    from builder.build import BuildOptions, build_platform, relock_command
     from builder.components.lock import read_lock
     from builder.preflight import check_archive
 
@@ -231,8 +233,9 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
     results = []
     with Progress() as progress:
         cache = make_cache(ctx, offline=offline, progress=progress)
-        for _, recipe, merged, _ in loaded:
-            problems += check_archive(recipe, merged, cache, mirror, the_lock)
+        for path, recipe, merged, _ in loaded:
+            problems += check_archive(recipe, merged, cache, mirror, the_lock,
+                                      relock_command(path, lock_path))
         if problems:
             raise RecipeError(problems)
         for epoch, (_, recipe, merged, _) in zip(epochs, loaded, strict=True):

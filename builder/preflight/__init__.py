@@ -22,10 +22,10 @@ __all__ = ["check_archive", "check_files", "check_packages", "untrusted"]
 
 
 def check_archive(recipe: Recipe, merged: Merged, cache: Cache, mirror: str | None,
-                  lock: Lock | None) -> list[str]:
+                  lock: Lock | None, relock: str | None = None) -> list[str]:
     """``check_packages`` against the archive the build would use (``--mirror``, the recipe's,
-    else the host's apt sources)."""
-    return check_packages(recipe, merged, cache, find_apt_sources(recipe, mirror), lock)
+    else the host's apt sources); ``relock`` is the command a missing lock entry's hint names."""
+    return check_packages(recipe, merged, cache, find_apt_sources(recipe, mirror), lock, relock)
 
 
 def untrusted(recipe: Recipe, merged: Merged) -> str | None:

@@ -46,10 +46,10 @@ Listing = dict[str, str]
 
 
 def check_packages(recipe: Recipe, merged: Merged, cache: Cache, sources: list[AptSource],
-                   lock: Lock | None) -> list[str]:
+                   lock: Lock | None, relock: str | None = None) -> list[str]:
     """Every problem with the recipe's Debian packages, kernel modules and binaries, as
     ``file:line: key: message``. A missing index or an unreachable mirror is a BuildError."""
-    resolver = Resolver(recipe, cache, sources, lock)
+    resolver = Resolver(recipe, cache, sources, lock, relock=relock)
     problems: list[str] = []
     modules = [*((("kernel", "modules", i), m) for i, m in enumerate(recipe.kernel.modules)),
                *((IMPLIED_BY.get(m, ("kernel", "modules")), m) for m in implied_modules(recipe))]

@@ -14,6 +14,7 @@ import click
 
 from builder import __version__
 from builder.cli import build, factory, keys, provenance
+from builder.cli.common import catch_signals
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,8 +32,10 @@ def main(ctx: click.Context, debug: bool, quiet: bool, cache_dir: Path | None) -
     initramfs and a manifest; `boot` runs the result in QEMU.
 
     Exit codes: 0 success, 1 build failure, 2 bad recipe or usage, 3 missing host tool,
-    130 interrupted.
+    130 interrupted (SIGINT), 143 terminated (SIGTERM), 129 hung up (SIGHUP); each signal
+    removes the staging folders first.
     """
+    catch_signals()
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     if not debug:

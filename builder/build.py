@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import __version__
-from builder.components.cache import Cache, sha256_file, write_atomic
+from builder.components.cache import Cache, sha256_file, touch, write_atomic
 from builder.components.lock import Lock
 from builder.components.resolve import Resolution, Resolver, find_apt_sources
 from builder.images import image_inputs, make_images
@@ -217,6 +217,7 @@ def compressed(archive: bytes, compression: Compression, level: int | None, x86:
     settings = f"{compression.value}-{level}-{'x86' if x86 else 'any'}-r{COMPRESSOR_REVISION}"
     key = cache.root / "derived" / f"{digest}.{settings}"
     if key.is_file():
+        touch(key)
         return key.read_bytes()
     data = compress(archive, compression, level, x86=x86)
     write_atomic(key, data)

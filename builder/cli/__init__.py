@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from builder import __version__
-from builder.cli import build, factory, keys, provenance
+from builder.cli import build, cache, factory, keys, provenance
 from builder.cli.common import catch_signals
 
 
@@ -48,6 +48,6 @@ def main(ctx: click.Context, debug: bool, quiet: bool, cache_dir: Path | None) -
 
 
 for command in (build.recipes, build.lock, build.build, build.boot, factory.dhcp_config,
-                factory.serve, factory.status, keys.keys, keys.sign, keys.verify,
+                factory.serve, factory.status, cache.cache, keys.keys, keys.sign, keys.verify,
                 provenance.sources, provenance.verify_provenance):
     main.add_command(command)

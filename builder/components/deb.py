@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import zstandard
 from debian.deb822 import Deb822
 
-from builder.components.cache import Cache, sha256_file, write_atomic
+from builder.components.cache import Cache, sha256_file, touch, write_atomic
 from builder.components.unpacked import RISKY_BITS, modes_file
 from builder.errors import BuildError
 
@@ -40,6 +40,7 @@ def unpack_deb(deb: Path, cache: Cache) -> Path:
     # Not trees/: those kept special bits (before issue #23) and have no modes file.
     tree = cache.root / "unpacked" / digest
     if tree.is_dir():
+        touch(tree)
         return tree
     tree.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=tree.parent, prefix=f".{digest}."))
@@ -49,6 +50,7 @@ def unpack_deb(deb: Path, cache: Cache) -> Path:
         if dropped:  # written first: a tree in place always has its modes file
             write_atomic(modes_file(tree), json.dumps(dropped, sort_keys=True).encode())
         os.replace(tmp, tree)
+        touch(tree)  # not the package's date: the time it was last used
     except OSError as exc:
         if not tree.is_dir():  # else a concurrent build renamed its copy first
             raise BuildError(f"{deb}: unpacking failed: {exc}") from exc

@@ -12,7 +12,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -45,8 +45,8 @@ def unpack_deb(deb: Path, cache: Cache) -> Path:
     tree.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=tree.parent, prefix=f".{digest}."))
     try:
-        with _data_tar(deb) as tar:
-            dropped = _extract(tar, tmp, deb)
+        with data_tar(deb) as tar:
+            dropped = extract_tar(tar, tmp, deb)
         if dropped:  # written first: a tree in place always has its modes file
             write_atomic(modes_file(tree), json.dumps(dropped, sort_keys=True).encode())
         os.replace(tmp, tree)
@@ -55,7 +55,7 @@ def unpack_deb(deb: Path, cache: Cache) -> Path:
         if not tree.is_dir():  # else a concurrent build renamed its copy first
             raise BuildError(f"{deb}: unpacking failed: {exc}") from exc
     finally:
-        _remove(tmp)
+        remove_tree(tmp)
     log.debug("unpacked %s into %s", deb, tree)
     return tree
 
@@ -73,7 +73,7 @@ def read_control(deb: Path) -> dict[str, str]:
 
 
 @contextmanager
-def _data_tar(deb: Path) -> Iterator[tarfile.TarFile]:
+def data_tar(deb: Path) -> Iterator[tarfile.TarFile]:
     """The data.tar.* member of the ar archive ``deb``, opened as a stream."""
     with _member_tar(deb, "data.tar") as tar:
         yield tar
@@ -83,7 +83,7 @@ def _data_tar(deb: Path) -> Iterator[tarfile.TarFile]:
 def _member_tar(deb: Path, prefix: str) -> Iterator[tarfile.TarFile]:
     """The ``prefix``.* member (control.tar or data.tar) of the ar archive ``deb``, as a stream."""
     with deb.open("rb") as f:
-        name, size = _find_member(f, deb, prefix)
+        name, size = find_member(f, deb, prefix)
         member = io.BufferedReader(_Slice(f, size), 1 << 20)
         # tarfile cannot read zstd (python/cpython#81276); dpkg writes it since 1.21.18.
         zst = name.endswith(".zst")
@@ -113,7 +113,7 @@ class _Slice(io.RawIOBase):
         return len(data)
 
 
-def _find_member(f: BinaryIO, deb: Path, prefix: str) -> tuple[str, int]:
+def find_member(f: BinaryIO, deb: Path, prefix: str) -> tuple[str, int]:
     """Seek ``f`` to the member named ``prefix``* and return its name and size (man 5 ar)."""
     if f.read(len(AR_MAGIC)) != AR_MAGIC:
         raise BuildError(f"{deb}: not a Debian package (no ar archive header)")
@@ -129,15 +129,23 @@ def _find_member(f: BinaryIO, deb: Path, prefix: str) -> tuple[str, int]:
     raise BuildError(f"{deb}: not a Debian package (no {prefix} member)")
 
 
-def _extract(tar: tarfile.TarFile, root: Path, deb: Path) -> dict[str, int]:
-    """Write every member under ``root``: files, dirs, symlinks, hard links; no device nodes.
-    Returns the modes whose special or world-writable bits were not written, by path."""
+Keep = Callable[[str, tarfile.TarInfo], bool]
+
+
+def extract_tar(tar: tarfile.TarFile, root: Path, deb: Path, keep: Keep | None = None,
+             wrote: Callable[[str, Path], None] | None = None) -> dict[str, int]:
+    """Write every member under ``root``: files, dirs, symlinks, hard links; no device nodes;
+    with ``keep``, only the members it keeps (it sees each first), and ``wrote`` hears of each
+    regular file written. Returns the modes whose special or world-writable bits were not
+    written, by path."""
     dropped: dict[str, int] = {}
     symlinks: set[str] = set()
     dirs: list[tuple[Path, tarfile.TarInfo]] = []
     for member in tar:
         rel = _member_path(member.name, deb)
         _check_parents(rel, member.name, symlinks, deb)
+        if keep is not None and not keep(rel, member):
+            continue
         dest = root / rel if rel else root
         if member.isdir():
             if rel in symlinks:  # chmod would follow it out of the tree
@@ -164,6 +172,8 @@ def _extract(tar: tarfile.TarFile, root: Path, deb: Path) -> dict[str, int]:
         else:
             _write_file(tar, member, dest)
             _note_risky(rel, member.mode, dropped)
+            if wrote is not None:
+                wrote(rel, dest)
         os.utime(dest, (member.mtime, member.mtime), follow_symlinks=False)
     # Directory modes last, deepest first, so a read-only directory is filled before it closes.
     for dest, member in reversed(dirs):
@@ -208,7 +218,7 @@ def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> No
     os.chmod(dest, member.mode & 0o7777 & ~RISKY_BITS)
 
 
-def _remove(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Delete a half-made or duplicate tree, even where package modes made folders read-only."""
     if not path.exists():
         return

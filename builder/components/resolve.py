@@ -15,12 +15,13 @@ from pathlib import Path
 from builder.components.apt import Archive, DebPackage
 from builder.components.cache import Cache
 from builder.components.deb import unpack_deb
+from builder.components.lazytree import unpack_kernel
 from builder.components.lock import Lock, Pin, PlatformLock
 from builder.components.mirror import AptSource, find_host_sources, parse_mirror_option
 from builder.components.unpacked import resolve_inside
 from builder.errors import BuildError
 from builder.recipe.component import Component, Source
-from builder.recipe.implied import implied_components
+from builder.recipe.implied import implied_components, implied_modules
 from builder.recipe.model import Recipe
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class Resolver:
         if source.debian is not None:
             names = (self.platform_lock.kernel if self.platform_lock
                      else [self._kernel_package_name(source.debian, source.version)])
-            packages = tuple(self._package(n, None) for n in names)
+            packages = tuple(self._package(n, None, kernel=True) for n in names)
             out_lock.kernel = [p.pin.name for p in packages]
         elif source.is_package:
             packages = (self._local_package(source),)
@@ -216,8 +217,10 @@ class Resolver:
         sha256, path = self._single_file(component)
         return ResolvedComponent(name, component, key, (), path, sha256)
 
-    def _package(self, name: str, found: DebPackage | None) -> Package:
-        """Fetch and unpack one Debian package, pinned by the lock or by the archive's index."""
+    def _package(self, name: str, found: DebPackage | None, kernel: bool = False) -> Package:
+        """Fetch and unpack one Debian package, pinned by the lock or by the archive's index; a
+        kernel package without the modules the recipe does not need (builder.components.
+        lazytree)."""
         if self.lock is not None:
             pin = self.lock.pin(self.arch, name) if name in self.lock.packages.get(self.arch, {}) \
                 else self.lock.pin("all", name)
@@ -227,6 +230,9 @@ class Resolver:
             pin = Pin(pkg.name, pkg.version, pkg.arch, pkg.sha256, pkg.size, pkg.filename)
             deb = self.archive.fetch(pkg)
         self._pins[pin.name] = pin
+        if kernel:
+            wanted = [*self.recipe.kernel.modules, *implied_modules(self.recipe)]
+            return Package(pin, unpack_kernel(deb, self.cache, wanted))
         return Package(pin, unpack_deb(deb, self.cache))
 
     def _fetch_pinned(self, pin: Pin) -> Path:

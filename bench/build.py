@@ -7,6 +7,11 @@ throw-away work folder with its own lock file, and builds everything the recipe 
 (the default recipe: kernel, initramfs, and the netboot, ISO, UKI and updater images).
 Definitions:
 - cold: empty cache (indexes, packages, unpacked trees all downloaded/unpacked);
+- cold, downloads cached: `lock` + `build` with a cache that holds only the downloads (the
+  .debs, the signed indexes and the pointers to them): the Packages index parsed, every
+  package unpacked (the kernel's modules left packed), every layer compressed;
+- cold, downloads and layers cached: the same with the compressed initramfs layers kept too,
+  so what is left is parsing the index and unpacking the packages (the figure #20 aims at);
 - warm: the cache filled by earlier builds, the recipe edited (its version, so
   /etc/machine.conf and /etc/os-release change): the tree is assembled again, the layers whose
   archive changed are compressed (here the small "files" layer), and every image is made;
@@ -40,6 +45,18 @@ def cli(work: Path, cache: Path, *args: str) -> float:
     return time.perf_counter() - start
 
 
+def downloads_only(cache: Path, dest: Path, layers: bool) -> Path:
+    """A new cache with the downloads of ``cache`` (hard links), and its layers if asked."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(cache / "blobs", dest / "blobs", copy_function=os.link)
+    (dest / "indexes").mkdir()
+    for pointer in (cache / "indexes").glob("*.json"):
+        shutil.copy2(pointer, dest / "indexes" / pointer.name)
+    if layers:
+        shutil.copytree(cache / "derived", dest / "derived", copy_function=os.link)
+    return dest
+
+
 def edited(recipe: str, label: str) -> str:
     """The recipe with another version (it is in /etc/machine.conf and /etc/os-release)."""
     return f'{recipe}version: "{label}"\n'
@@ -57,6 +74,15 @@ def main() -> None:
         cold = cli(work, cache, "lock", args.recipe)
         cold += cli(work, cache, "build", args.recipe)
         rows.append(("cold (lock + build, empty cache)", [cold]))
+        for layers, label in ((False, "cold, downloads cached"),
+                              (True, "cold, downloads and layers cached")):
+            times = []
+            for _ in range(args.runs):
+                again = downloads_only(cache, Path(tmp) / "again", layers)
+                times.append(cli(work, again, "lock", args.recipe)
+                             + cli(work, again, "build", "--force", args.recipe))
+            rows.append((label, times))
+        shutil.rmtree(Path(tmp) / "again", ignore_errors=True)
         recipe = work / "recipes" / "platforms" / f"{args.recipe}.yaml"
         text = recipe.read_text()
         warm, quick, full, noop = [], [], [], []
@@ -75,10 +101,10 @@ def main() -> None:
         (image,) = (work / "out").glob("*-r*")
         manifest = json.loads((image / "manifest.json").read_text())
     print(f"recipe {args.recipe}, {os.cpu_count()} CPUs, median of {args.runs} runs\n")
-    print(f"| {'case':<34} | {'seconds':>8} |")
-    print(f"|{'-' * 36}|{'-' * 10}|")
+    print(f"| {'case':<36} | {'seconds':>8} |")
+    print(f"|{'-' * 38}|{'-' * 10}|")
     for name, values in rows:
-        print(f"| {name:<34} | {statistics.median(values):8.2f} |")
+        print(f"| {name:<36} | {statistics.median(values):8.2f} |")
     size = manifest["outputs"]["initrd.img"]["size"]
     files = len(manifest["initramfs"]["files"])
     print(f"\ninitramfs: {size:,} bytes ({size / 1e6:.2f} MB, {files} entries, "

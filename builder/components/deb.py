@@ -22,12 +22,15 @@ from debian.deb822 import Deb822
 
 from builder.components.cache import Cache, sha256_file, touch, write_atomic
 from builder.components.unpacked import RISKY_BITS, modes_file
+from builder.components.xzblocks import ParallelReader, read_blocks
 from builder.errors import BuildError
 
 log = logging.getLogger(__name__)
 
 AR_MAGIC = b"!<arch>\n"
 AR_HEADER = 60
+# A data.tar.xz this big is read whole and its blocks decompressed in parallel (xzblocks).
+PARALLEL_XZ = 8 << 20
 
 
 def unpack_deb(deb: Path, cache: Cache) -> Path:
@@ -84,12 +87,20 @@ def _member_tar(deb: Path, prefix: str) -> Iterator[tarfile.TarFile]:
     """The ``prefix``.* member (control.tar or data.tar) of the ar archive ``deb``, as a stream."""
     with deb.open("rb") as f:
         name, size = find_member(f, deb, prefix)
-        member = io.BufferedReader(_Slice(f, size), 1 << 20)
+        member: io.RawIOBase = _Slice(f, size)
         # tarfile cannot read zstd (python/cpython#81276); dpkg writes it since 1.21.18.
         zst = name.endswith(".zst")
-        stream = zstandard.ZstdDecompressor().stream_reader(member) if zst else member
+        plain = zst
+        if name.endswith(".xz") and size > PARALLEL_XZ:
+            data = f.read(size)
+            blocks = read_blocks(data)
+            member = ParallelReader(data, blocks) if blocks and len(blocks) > 1 \
+                else _Slice(io.BytesIO(data), size)
+            plain = blocks is not None and len(blocks) > 1
+        buffered = io.BufferedReader(member, 1 << 20)
+        stream = zstandard.ZstdDecompressor().stream_reader(buffered) if zst else buffered
         try:
-            with tarfile.open(fileobj=stream, mode="r|" if zst else "r|*") as tar:
+            with member, tarfile.open(fileobj=stream, mode="r|" if plain else "r|*") as tar:
                 yield tar
         except (tarfile.TarError, zstandard.ZstdError, EOFError, lzma.LZMAError,
                 zlib.error) as exc:

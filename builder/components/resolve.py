@@ -8,7 +8,9 @@ archive's signed indexes and the result can be written back as a lock.
 from __future__ import annotations
 
 import logging
+import os
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +130,8 @@ class Resolver:
                              hint=f"run 'onie-builder lock {recipe.name}'")
         self._archive: Archive | None = None
         self._pins: dict[str, Pin] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._unpacks: dict[Path, Future[Path]] = {}
 
     @property
     def archive(self) -> Archive:
@@ -137,13 +141,23 @@ class Resolver:
         return self._archive
 
     def resolve(self) -> Resolution:
-        """Resolve the kernel and every initramfs component."""
+        """Resolve the kernel and every initramfs component. Packages are unpacked on worker
+        threads (decompression and file writes let go of the GIL) while this one goes on
+        resolving and then unpacks the kernel; all are done when this returns."""
         out_lock = PlatformLock()
-        kernel = self._resolve_kernel(out_lock)
         initramfs = self.recipe.initramfs
         named = [*((source_key(c), c) for c in initramfs.components), *initramfs.tools,
                  *((source_key(c), c) for c in implied_components(self.recipe))]
-        components = tuple(self._resolve_component(name, c, out_lock) for name, c in named)
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            self._pool = pool
+            try:
+                components = tuple(self._resolve_component(name, c, out_lock)
+                                   for name, c in named)
+                kernel = self._resolve_kernel(out_lock)
+                for future in self._unpacks.values():
+                    future.result()
+            finally:
+                self._pool = None
         pins = tuple(sorted(self._pins.values(), key=lambda p: p.name))
         return Resolution(kernel, components, out_lock, pins)
 
@@ -233,7 +247,12 @@ class Resolver:
         if kernel:
             wanted = [*self.recipe.kernel.modules, *implied_modules(self.recipe)]
             return Package(pin, unpack_kernel(deb, self.cache, wanted))
-        return Package(pin, unpack_deb(deb, self.cache))
+        if self._pool is None or deb != self.cache.blob_path(deb.name):
+            return Package(pin, unpack_deb(deb, self.cache))
+        if deb not in self._unpacks:
+            self._unpacks[deb] = self._pool.submit(unpack_deb, deb, self.cache)
+        # unpack_deb's folder for a cache blob, there once resolve() returns
+        return Package(pin, self.cache.root / "unpacked" / deb.name)
 
     def _fetch_pinned(self, pin: Pin) -> Path:
         if (hit := self.cache.find(pin.sha256)) is not None:

@@ -152,6 +152,7 @@ def extract_tar(tar: tarfile.TarFile, root: Path, deb: Path, keep: Keep | None =
     dropped: dict[str, int] = {}
     symlinks: set[str] = set()
     dirs: list[tuple[Path, tarfile.TarInfo]] = []
+    made: set[Path] = set()
     for member in tar:
         rel = _member_path(member.name, deb)
         _check_parents(rel, member.name, symlinks, deb)
@@ -163,13 +164,16 @@ def extract_tar(tar: tarfile.TarFile, root: Path, deb: Path, keep: Keep | None =
                 raise BuildError(f"{deb}: refusing to unpack {member.name!r}: a folder over the "
                                  "symlink of the same name")
             dest.mkdir(parents=True, exist_ok=True)
+            made.add(dest)
             dirs.append((dest, member))
             _note_risky(rel, member.mode, dropped)
             continue
         if not (member.isreg() or member.issym() or member.islnk()):
             log.debug("%s: skipping special file %s", deb, member.name)
             continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.parent not in made:  # a mkdir per file costs more than the write on some disks
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            made.add(dest.parent)
         if dest.is_symlink() or dest.is_file():
             dest.unlink()
         if member.issym():

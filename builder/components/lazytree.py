@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import re
+import struct
 import tarfile
 import tempfile
 import threading
@@ -175,18 +176,43 @@ class _Choice:
 def _depends(data: bytes) -> set[str]:
     """The module names a module's .modinfo names in ``depends=`` or ``softdep=``."""
     names: set[str] = set()
-    for key in (b"\0depends=", b"\0softdep="):
-        at = data.find(key)
-        while at != -1:
-            end = data.find(b"\0", at + 1)
-            value = data[at + len(key):end].decode(errors="replace")
-            for token in value.replace(",", " ").split():
-                if not token.endswith(":"):
-                    name = _name(token)
-                    bare = name.removeprefix("crypto_")
-                    names.update({name, bare, f"{bare}_generic"})
-            at = data.find(key, end)
+    for item in _modinfo(data).split(b"\0"):
+        key, _, value = item.partition(b"=")
+        if key not in (b"depends", b"softdep"):
+            continue
+        for token in value.decode(errors="replace").replace(",", " ").split():
+            if not token.endswith(":"):
+                name = _name(token)
+                bare = name.removeprefix("crypto_")
+                names.update({name, bare, f"{bare}_generic"})
     return names
+
+
+def _modinfo(data: bytes) -> bytes:
+    """The .modinfo section of an ELF module, found by its section headers (searching the
+    whole file is slow: modules are mostly NUL bytes); the whole file when it is no ELF."""
+    if data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] not in (1, 2):
+        return data
+    end = "<" if data[5] == 1 else ">"
+    wide = data[4] == 2
+    try:
+        shoff = struct.unpack_from(end + ("Q" if wide else "I"), data, 0x28 if wide else 0x20)[0]
+        size, count, names = struct.unpack_from(end + "HHH", data, 0x3A if wide else 0x2E)
+        field = end + ("IIQQQQ" if wide else "IIIIII")
+
+        def section(index: int) -> tuple[int, int, int]:
+            name, _, _, _, offset, length = struct.unpack_from(field, data, shoff + index * size)
+            return name, offset, length
+
+        _, table, table_size = section(names)
+        wanted = data.find(b"\0.modinfo\0", table, table + table_size) + 1 - table
+        for index in range(count):
+            name, offset, length = section(index)
+            if wanted > 0 and name == wanted:
+                return data[offset:offset + length]
+    except struct.error:
+        pass
+    return data
 
 
 class _Lazy:

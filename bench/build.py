@@ -1,12 +1,20 @@
 """Build benchmark for the default recipe: cold, warm, no-op, and the initramfs size.
 
-Usage: .venv/bin/python bench/build.py [--recipe qemu_x86_64] [--runs 3]
+Usage: .venv/bin/python bench/build.py [--recipe qemu_x86_64] [--runs 3] [--downloads DIR]
+
+With ``--downloads DIR`` (a cache folder such as ~/.cache/onie-builder) the cold case is
+left out and the others take their downloads from DIR (hard links), downloading nothing.
 
 Each case runs the real CLI in a subprocess (imports included, as users pay them), from a
 throw-away work folder with its own lock file, and builds everything the recipe asks for
 (the default recipe: kernel, initramfs, and the netboot, ISO, UKI and updater images).
 Definitions:
 - cold: empty cache (indexes, packages, unpacked trees all downloaded/unpacked);
+- cold, downloads cached: `lock` + `build` with a cache that holds only the downloads (the
+  .debs, the signed indexes and the pointers to them): the Packages index parsed, every
+  package unpacked (the kernel's modules left packed), every layer compressed;
+- cold, downloads and layers cached: the same with the compressed initramfs layers kept too,
+  so what is left is parsing the index and unpacking the packages (the figure #20 aims at);
 - warm: the cache filled by earlier builds, the recipe edited (its version, so
   /etc/machine.conf and /etc/os-release change): the tree is assembled again, the layers whose
   archive changed are compressed (here the small "files" layer), and every image is made;
@@ -40,6 +48,18 @@ def cli(work: Path, cache: Path, *args: str) -> float:
     return time.perf_counter() - start
 
 
+def downloads_only(cache: Path, dest: Path, layers: bool) -> Path:
+    """A new cache with the downloads of ``cache`` (hard links), and its layers if asked."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(cache / "blobs", dest / "blobs", copy_function=os.link)
+    (dest / "indexes").mkdir()
+    for pointer in (cache / "indexes").glob("*.json"):
+        shutil.copy2(pointer, dest / "indexes" / pointer.name)
+    if layers:
+        shutil.copytree(cache / "derived", dest / "derived", copy_function=os.link)
+    return dest
+
+
 def edited(recipe: str, label: str) -> str:
     """The recipe with another version (it is in /etc/machine.conf and /etc/os-release)."""
     return f'{recipe}version: "{label}"\n'
@@ -49,14 +69,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="qemu_x86_64")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--downloads", type=Path, default=None,
+                        help="take the downloads from this cache instead of a cold run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ob-bench-") as tmp:
         work, cache = Path(tmp) / "work", Path(tmp) / "cache"
         shutil.copytree(ROOT / "recipes", work / "recipes")
         rows: list[tuple[str, list[float]]] = []
-        cold = cli(work, cache, "lock", args.recipe)
-        cold += cli(work, cache, "build", "--allow-untrusted", args.recipe)
-        rows.append(("cold (lock + build, empty cache)", [cold]))
+        if args.downloads is None:
+            cold = cli(work, cache, "lock", args.recipe)
+            cold += cli(work, cache, "build", "--allow-untrusted", args.recipe)
+            rows.append(("cold (lock + build, empty cache)", [cold]))
+        else:
+            downloads_only(args.downloads, cache, layers=False)
+            cli(work, cache, "lock", args.recipe)
+            cli(work, cache, "build", "--allow-untrusted", args.recipe)
+        for layers, label in ((False, "cold, downloads cached"),
+                              (True, "cold, downloads and layers cached")):
+            times = []
+            for _ in range(args.runs):
+                again = downloads_only(cache, Path(tmp) / "again", layers)
+                times.append(cli(work, again, "lock", args.recipe)
+                             + cli(work, again, "build", "--allow-untrusted", "--force", args.recipe))
+            rows.append((label, times))
+        shutil.rmtree(Path(tmp) / "again", ignore_errors=True)
         recipe = work / "recipes" / "platforms" / f"{args.recipe}.yaml"
         text = recipe.read_text()
         warm, quick, full, noop = [], [], [], []
@@ -75,10 +111,10 @@ def main() -> None:
         (image,) = (work / "out").glob("*-r*")
         manifest = json.loads((image / "manifest.json").read_text())
     print(f"recipe {args.recipe}, {os.cpu_count()} CPUs, median of {args.runs} runs\n")
-    print(f"| {'case':<34} | {'seconds':>8} |")
-    print(f"|{'-' * 36}|{'-' * 10}|")
+    print(f"| {'case':<36} | {'seconds':>8} |")
+    print(f"|{'-' * 38}|{'-' * 10}|")
     for name, values in rows:
-        print(f"| {name:<34} | {statistics.median(values):8.2f} |")
+        print(f"| {name:<36} | {statistics.median(values):8.2f} |")
     size = manifest["outputs"]["initrd.img"]["size"]
     files = len(manifest["initramfs"]["files"])
     print(f"\ninitramfs: {size:,} bytes ({size / 1e6:.2f} MB, {files} entries, "

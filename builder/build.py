@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import __version__
-from builder.components.cache import Cache, sha256_file, write_atomic
+from builder.components.cache import Cache, sha256_file, touch, write_atomic
 from builder.components.lock import DEFAULT_LOCK, Lock
 from builder.components.resolve import Resolution, Resolver, find_apt_sources
 from builder.images import image_inputs, make_images
@@ -89,8 +89,9 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
         inventory, sboms = write_sboms(staging, recipe, resolution, tree, outputs, cache,
                                        options.source_date_epoch)
         outputs.update(sboms)
+        kept = {} if options.images else keep_images(final, staging, outputs)
         manifest = render_manifest(recipe, recipe_files, resolution, tree, outputs, layers, options,
-                                   sizes)
+                                   sizes, kept)
         write_atomic(staging / MANIFEST, manifest.encode())
         outputs[MANIFEST] = {"sha256": hashlib.sha256(manifest.encode()).hexdigest(),
                              "size": len(manifest.encode())}
@@ -120,6 +121,35 @@ def make_staging(out_dir: Path, platform: str) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     return staging
+
+
+def keep_images(final: Path, staging: Path,
+                outputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``--no-images``: the images an earlier build left in ``final``, hard-linked into the
+    staging folder so that publishing does not delete them. Each is listed as the earlier
+    manifest listed it, with the digest of the initramfs it holds (``initrd_sha256``): they
+    are not this build's outputs, and their initramfs is not this build's ``initrd.img``."""
+    try:
+        earlier = json.loads((final / MANIFEST).read_text())
+        found = {str(k): dict(v) for k, v in earlier.get("kept_images", {}).items()}
+        initrd = str(earlier["outputs"][INITRAMFS]["sha256"])
+        found.update((str(name), {**info, "initrd_sha256": initrd})
+                     for name, info in earlier["outputs"].items() if name not in found)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # no earlier build, or one this version cannot read: nothing to keep
+    kept: dict[str, dict[str, Any]] = {}
+    for name, info in sorted(found.items()):
+        source, dest = final / name, staging / name
+        if name in outputs or name == MANIFEST or dest.exists() or source.is_symlink() \
+                or not source.is_file() or source.stat().st_size != info.get("size"):
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, dest)
+        except OSError:
+            shutil.copy2(source, dest)
+        kept[name] = {k: info[k] for k in ("sha256", "size", "initrd_sha256") if k in info}
+    return kept
 
 
 def write_outputs(staging: Path, recipe: Recipe, resolution: Resolution, tree: Tree,
@@ -188,6 +218,7 @@ def compressed(archive: bytes, compression: Compression, level: int | None, x86:
     settings = f"{compression.value}-{level}-{'x86' if x86 else 'any'}-r{COMPRESSOR_REVISION}"
     key = cache.root / "derived" / f"{digest}.{settings}"
     if key.is_file():
+        touch(key)
         return key.read_bytes()
     data = compress(archive, compression, level, x86=x86)
     write_atomic(key, data)
@@ -256,9 +287,11 @@ def find_previous(stamp: Path, options: BuildOptions, digest: str) -> dict[str, 
 
 def render_manifest(recipe: Recipe, recipe_files: list[Path], resolution: Resolution,
                     tree: Tree, outputs: dict[str, dict[str, Any]], layers: list[WrittenLayer],
-                    options: BuildOptions, sizes: list[ComponentSize]) -> str:
+                    options: BuildOptions, sizes: list[ComponentSize],
+                    kept: dict[str, dict[str, Any]] | None = None) -> str:
     """The manifest: outputs, components with source/version/sha256, every initramfs file and
-    each component's compressed size."""
+    each component's compressed size; with ``--no-images``, the images kept from an earlier
+    build (``keep_images``)."""
     components = [{"name": pin.name, "source": "debian", "version": pin.version,
                    "arch": pin.arch, "sha256": pin.sha256, "filename": pin.filename}
                   for pin in resolution.pins]
@@ -293,5 +326,6 @@ def render_manifest(recipe: Recipe, recipe_files: list[Path], resolution: Resolu
         "trust": describe_trust(load_trust(recipe.trust, options.source_date_epoch)),
         "ssh": ssh.describe_ssh(recipe),
         "provenance": describe_provenance(recipe),
+        **({"kept_images": kept} if kept else {}),
     }
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"

@@ -122,7 +122,7 @@ def test_unpack_deb_second_call_is_a_hit(tmp_path: Path, monkeypatch: pytest.Mon
     def fail(*args: object) -> None:
         raise AssertionError("extracted twice")
 
-    monkeypatch.setattr(debmod, "_extract", fail)
+    monkeypatch.setattr(debmod, "extract_tar", fail)
     assert unpack_deb(deb, cache) == tree
 
 
@@ -140,14 +140,14 @@ def test_unpack_deb_lost_race(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     deb = make_deb(tmp_path)
     cache = Cache(tmp_path / "cache")
     final = cache.root / "unpacked" / sha256_file(deb)
-    extract = debmod._extract
+    extract = debmod.extract_tar
 
     def extract_then_lose(tar: tarfile.TarFile, root: Path, path: Path) -> None:
         extract(tar, root, path)
         final.mkdir()
         (final / "theirs").write_text("")
 
-    monkeypatch.setattr(debmod, "_extract", extract_then_lose)
+    monkeypatch.setattr(debmod, "extract_tar", extract_then_lose)
     assert unpack_deb(deb, cache) == final
     assert sorted(p.name for p in final.parent.iterdir()) == [final.name]
     assert (final / "theirs").exists()

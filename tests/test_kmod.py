@@ -21,7 +21,6 @@ from builder.initramfs.kmod import (
     LoadPlan,
     LoadStep,
     Module,
-    find_kernel_version,
     find_module_closure,
     index_modules,
     install_modules,
@@ -41,6 +40,16 @@ COMPRESS: dict[str, Callable[[bytes], bytes]] = {
     ".zst": lambda data: zstandard.ZstdCompressor().compress(data),
     ".gz": lambda data: gzip.compress(data, mtime=0),
 }
+
+
+def find_kernel_version(tree_root: Path) -> str:
+    """The one kernel version under ``tree_root/lib/modules`` (no build needs it)."""
+    modules = tree_root / "lib" / "modules"
+    versions = sorted(p.name for p in modules.iterdir() if p.is_dir()) if modules.is_dir() else []
+    if len(versions) != 1:
+        found = ", ".join(versions) if versions else "none"
+        raise BuildError(f"{modules}: expected exactly one kernel version, found {found}")
+    return versions[0]
 
 
 @pytest.fixture(scope="session")

@@ -203,3 +203,29 @@ def test_an_unsigned_build_does_not_verify(built: Callable[[str], Path], tmp_pat
     assert proc.stderr.splitlines() == [
         f"error: {folder / PROVENANCE}: unsigned: the envelope has no signature",
         "hint: name a key in the recipe (provenance.key) and build again"]
+
+
+def test_kept_images_are_checked_against_the_signed_manifest(tmp_path: Path) -> None:
+    """A `--no-images` build's folder: the images an earlier build made are not subjects, but
+    the signed manifest lists them (kept_images) and their bytes must match it."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    image = folder / "onie.iso"
+    image.write_bytes(b"an earlier build's image")
+    kept = {"onie.iso": {"sha256": hashlib.sha256(image.read_bytes()).hexdigest(), "size": 24,
+                         "initrd_sha256": "1" * 64}}
+    (folder / "manifest.json").write_text(json.dumps({"kept_images": kept}))
+    subjects = {"a.txt": hashlib.sha256(b"alpha\n").hexdigest(),
+                "sub/b.bin": hashlib.sha256(bytes(range(256))).hexdigest(),
+                "manifest.json": hashlib.sha256((folder / "manifest.json").read_bytes())
+                .hexdigest()}
+    make_folder(tmp_path, subjects=subjects)
+    pub = tmp_path / "release.pub"
+    assert sorted(verify_provenance(folder, [load_public_key(pub)]).subjects) == sorted(subjects)
+    image.write_bytes(b"an earlier build's imagE")
+    assert refusal(folder, pub) == (
+        f"{folder}: onie.iso: sha256 {hashlib.sha256(image.read_bytes()).hexdigest()} differs "
+        f"from the signed manifest's kept image {kept['onie.iso']['sha256']}")
+    image.write_bytes(b"an earlier build's image")
+    (folder / "other.img").write_bytes(b"")
+    assert refusal(folder, pub) == f"{folder}: other.img: not covered by the provenance"

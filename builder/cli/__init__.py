@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from builder import __version__
-from builder.cli import build, factory, keys, provenance
+from builder.cli import build, cache, factory, keys, provenance
+from builder.cli.common import catch_signals
 from builder.progress import CurrentStderr
 
 
@@ -36,8 +37,10 @@ def main(ctx: click.Context, debug: bool, quiet: bool, cache_dir: Path | None,
     initramfs and a manifest; `boot` runs the result in QEMU.
 
     Exit codes: 0 success, 1 build failure, 2 bad recipe or usage, 3 missing host tool,
-    130 interrupted.
+    130 interrupted (SIGINT), 143 terminated (SIGTERM), 129 hung up (SIGHUP); each signal
+    removes the staging folders first.
     """
+    catch_signals()
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     # Through CurrentStderr: log lines print above the progress display while it draws.
     logging.basicConfig(level=level, format="%(message)s", stream=CurrentStderr())
@@ -51,6 +54,6 @@ def main(ctx: click.Context, debug: bool, quiet: bool, cache_dir: Path | None,
 
 
 for command in (build.recipes, build.lock, build.build, build.boot, factory.dhcp_config,
-                factory.serve, factory.status, keys.keys, keys.sign, keys.verify,
+                factory.serve, factory.status, cache.cache, keys.keys, keys.sign, keys.verify,
                 provenance.sources, provenance.verify_provenance):
     main.add_command(command)

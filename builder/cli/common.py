@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -80,6 +81,26 @@ def source_date_epoch(recipe_file: Path) -> int:
     return 0
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is like Ctrl-C's KeyboardInterrupt, so that
+    every ``finally`` (staging folders, half-unpacked trees) runs before the exit."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def catch_signals() -> None:
+    """SIGTERM and SIGHUP clean up as SIGINT does; the exit code is 128 + the signal's number
+    (130 SIGINT, 143 SIGTERM, 129 SIGHUP). Build workers (``fork``) inherit the handlers."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+
+
 def handle_errors(func: F) -> F:
     """Turn BuildError into a message, a hint and an exit code; tracebacks only with --debug."""
     import functools
@@ -102,9 +123,10 @@ def handle_errors(func: F) -> F:
             if exc.hint:
                 click.echo(f"hint: {exc.hint}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
+            sys.exit(128 + signum)
 
     return wrapper  # type: ignore[return-value]
 

@@ -19,7 +19,7 @@ from typing import Any
 from debian.deb822 import Release
 from debian.debian_support import Version
 
-from builder.components.cache import Cache, write_atomic
+from builder.components.cache import Cache, touch, write_atomic
 from builder.components.keyring import keyrings, verify_release
 from builder.components.mirror import AptSource
 from builder.errors import BuildError, MissingPackage
@@ -332,6 +332,7 @@ class Archive:
         """A Packages index, parsed once and then kept in the cache keyed by its digest."""
         stem = self.cache.root / "indexes" / "parsed" / f"{sha256}.v{INDEX_FORMAT}"
         if (index := _Index.load(stem, uri)) is not None:
+            touch(stem.with_name(stem.name + ".names.json"))
             return index
         _, blob = self.cache.fetch(url, sha256)
         start = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -53,6 +54,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def touch(path: Path) -> None:
+    """Mark a cache entry used now (its mtime), for ``cache prune``'s least-recently-used order;
+    a read-only cache stays as it is."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
 class Cache:
     """Blobs stored by sha256 under ``root/blobs``; downloads are verified before they are kept."""
 
@@ -72,7 +80,10 @@ class Cache:
     def find(self, sha256: str) -> Path | None:
         """Return the cached blob with this digest, or None."""
         path = self.blob_path(sha256)
-        return path if path.is_file() else None
+        if not path.is_file():
+            return None
+        touch(path)
+        return path
 
     def put_file(self, src: Path) -> tuple[str, Path]:
         """Copy a local file into the cache; return its digest and cached path."""

@@ -12,7 +12,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -20,14 +20,17 @@ from typing import Any, BinaryIO
 import zstandard
 from debian.deb822 import Deb822
 
-from builder.components.cache import Cache, sha256_file, write_atomic
+from builder.components.cache import Cache, sha256_file, touch, write_atomic
 from builder.components.unpacked import RISKY_BITS, modes_file
+from builder.components.xzblocks import ParallelReader, read_blocks
 from builder.errors import BuildError
 
 log = logging.getLogger(__name__)
 
 AR_MAGIC = b"!<arch>\n"
 AR_HEADER = 60
+# A data.tar.xz this big is read whole and its blocks decompressed in parallel (xzblocks).
+PARALLEL_XZ = 8 << 20
 
 
 def unpack_deb(deb: Path, cache: Cache, name: str = "") -> Path:
@@ -41,22 +44,24 @@ def unpack_deb(deb: Path, cache: Cache, name: str = "") -> Path:
     # Not trees/: those kept special bits (before issue #23) and have no modes file.
     tree = cache.root / "unpacked" / digest
     if tree.is_dir():
+        touch(tree)
         return tree
     if cache.on_unpack is not None:
         cache.on_unpack(name or deb.name)
     tree.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=tree.parent, prefix=f".{digest}."))
     try:
-        with _data_tar(deb) as tar:
-            dropped = _extract(tar, tmp, deb)
+        with data_tar(deb) as tar:
+            dropped = extract_tar(tar, tmp, deb)
         if dropped:  # written first: a tree in place always has its modes file
             write_atomic(modes_file(tree), json.dumps(dropped, sort_keys=True).encode())
         os.replace(tmp, tree)
+        touch(tree)  # not the package's date: the time it was last used
     except OSError as exc:
         if not tree.is_dir():  # else a concurrent build renamed its copy first
             raise BuildError(f"{deb}: unpacking failed: {exc}") from exc
     finally:
-        _remove(tmp)
+        remove_tree(tmp)
     log.debug("unpacked %s into %s", deb, tree)
     return tree
 
@@ -78,7 +83,7 @@ def list_contents(deb: Path, cache: Cache) -> dict[str, str]:
         except ValueError:
             pass  # a damaged copy: read the package again
     entries: dict[str, str] = {}
-    with _data_tar(deb) as tar:
+    with data_tar(deb) as tar:
         for member in tar:
             rel = _member_path(member.name, deb)
             if member.isdir():
@@ -104,7 +109,7 @@ def read_control(deb: Path) -> dict[str, str]:
 
 
 @contextmanager
-def _data_tar(deb: Path) -> Iterator[tarfile.TarFile]:
+def data_tar(deb: Path) -> Iterator[tarfile.TarFile]:
     """The data.tar.* member of the ar archive ``deb``, opened as a stream."""
     with _member_tar(deb, "data.tar") as tar:
         yield tar
@@ -114,13 +119,21 @@ def _data_tar(deb: Path) -> Iterator[tarfile.TarFile]:
 def _member_tar(deb: Path, prefix: str) -> Iterator[tarfile.TarFile]:
     """The ``prefix``.* member (control.tar or data.tar) of the ar archive ``deb``, as a stream."""
     with deb.open("rb") as f:
-        name, size = _find_member(f, deb, prefix)
-        member = io.BufferedReader(_Slice(f, size), 1 << 20)
+        name, size = find_member(f, deb, prefix)
+        member: io.RawIOBase = _Slice(f, size)
         # tarfile cannot read zstd (python/cpython#81276); dpkg writes it since 1.21.18.
         zst = name.endswith(".zst")
-        stream = zstandard.ZstdDecompressor().stream_reader(member) if zst else member
+        plain = zst
+        if name.endswith(".xz") and size > PARALLEL_XZ:
+            data = f.read(size)
+            blocks = read_blocks(data)
+            member = ParallelReader(data, blocks) if blocks and len(blocks) > 1 \
+                else _Slice(io.BytesIO(data), size)
+            plain = blocks is not None and len(blocks) > 1
+        buffered = io.BufferedReader(member, 1 << 20)
+        stream = zstandard.ZstdDecompressor().stream_reader(buffered) if zst else buffered
         try:
-            with tarfile.open(fileobj=stream, mode="r|" if zst else "r|*") as tar:
+            with member, tarfile.open(fileobj=stream, mode="r|" if plain else "r|*") as tar:
                 yield tar
         except (tarfile.TarError, zstandard.ZstdError, EOFError, lzma.LZMAError,
                 zlib.error) as exc:
@@ -144,7 +157,7 @@ class _Slice(io.RawIOBase):
         return len(data)
 
 
-def _find_member(f: BinaryIO, deb: Path, prefix: str) -> tuple[str, int]:
+def find_member(f: BinaryIO, deb: Path, prefix: str) -> tuple[str, int]:
     """Seek ``f`` to the member named ``prefix``* and return its name and size (man 5 ar)."""
     if f.read(len(AR_MAGIC)) != AR_MAGIC:
         raise BuildError(f"{deb}: not a Debian package (no ar archive header)")
@@ -160,28 +173,40 @@ def _find_member(f: BinaryIO, deb: Path, prefix: str) -> tuple[str, int]:
     raise BuildError(f"{deb}: not a Debian package (no {prefix} member)")
 
 
-def _extract(tar: tarfile.TarFile, root: Path, deb: Path) -> dict[str, int]:
-    """Write every member under ``root``: files, dirs, symlinks, hard links; no device nodes.
-    Returns the modes whose special or world-writable bits were not written, by path."""
+Keep = Callable[[str, tarfile.TarInfo], bool]
+
+
+def extract_tar(tar: tarfile.TarFile, root: Path, deb: Path, keep: Keep | None = None,
+             wrote: Callable[[str, Path], None] | None = None) -> dict[str, int]:
+    """Write every member under ``root``: files, dirs, symlinks, hard links; no device nodes;
+    with ``keep``, only the members it keeps (it sees each first), and ``wrote`` hears of each
+    regular file written. Returns the modes whose special or world-writable bits were not
+    written, by path."""
     dropped: dict[str, int] = {}
     symlinks: set[str] = set()
     dirs: list[tuple[Path, tarfile.TarInfo]] = []
+    made: set[Path] = set()
     for member in tar:
         rel = _member_path(member.name, deb)
         _check_parents(rel, member.name, symlinks, deb)
+        if keep is not None and not keep(rel, member):
+            continue
         dest = root / rel if rel else root
         if member.isdir():
             if rel in symlinks:  # chmod would follow it out of the tree
                 raise BuildError(f"{deb}: refusing to unpack {member.name!r}: a folder over the "
                                  "symlink of the same name")
             dest.mkdir(parents=True, exist_ok=True)
+            made.add(dest)
             dirs.append((dest, member))
             _note_risky(rel, member.mode, dropped)
             continue
         if not (member.isreg() or member.issym() or member.islnk()):
             log.debug("%s: skipping special file %s", deb, member.name)
             continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.parent not in made:  # a mkdir per file costs more than the write on some disks
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            made.add(dest.parent)
         if dest.is_symlink() or dest.is_file():
             dest.unlink()
         if member.issym():
@@ -195,6 +220,8 @@ def _extract(tar: tarfile.TarFile, root: Path, deb: Path) -> dict[str, int]:
         else:
             _write_file(tar, member, dest)
             _note_risky(rel, member.mode, dropped)
+            if wrote is not None:
+                wrote(rel, dest)
         os.utime(dest, (member.mtime, member.mtime), follow_symlinks=False)
     # Directory modes last, deepest first, so a read-only directory is filled before it closes.
     for dest, member in reversed(dirs):
@@ -239,7 +266,7 @@ def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> No
     os.chmod(dest, member.mode & 0o7777 & ~RISKY_BITS)
 
 
-def _remove(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Delete a half-made or duplicate tree, even where package modes made folders read-only."""
     if not path.exists():
         return

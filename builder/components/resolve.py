@@ -8,19 +8,22 @@ archive's signed indexes and the result can be written back as a lock.
 from __future__ import annotations
 
 import logging
+import os
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.components.apt import Archive, DebPackage
 from builder.components.cache import Cache
 from builder.components.deb import unpack_deb
+from builder.components.lazytree import unpack_kernel
 from builder.components.lock import Lock, Pin, PlatformLock
 from builder.components.mirror import AptSource, find_host_sources, parse_mirror_option
 from builder.components.unpacked import resolve_inside
 from builder.errors import BuildError, MissingPackage
 from builder.recipe.component import Component, Source
-from builder.recipe.implied import implied_components
+from builder.recipe.implied import implied_components, implied_modules
 from builder.recipe.model import Recipe
 
 log = logging.getLogger(__name__)
@@ -127,6 +130,8 @@ class Resolver:
                              hint=f"run '{relock or 'onie-builder lock RECIPE'}'")
         self._archive: Archive | None = None
         self._pins: dict[str, Pin] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._unpacks: dict[Path, Future[Path]] = {}
 
     @property
     def archive(self) -> Archive:
@@ -136,13 +141,23 @@ class Resolver:
         return self._archive
 
     def resolve(self) -> Resolution:
-        """Resolve the kernel and every initramfs component."""
+        """Resolve the kernel and every initramfs component. Packages are unpacked on worker
+        threads (decompression and file writes let go of the GIL) while this one goes on
+        resolving and then unpacks the kernel; all are done when this returns."""
         out_lock = PlatformLock()
-        kernel = self._resolve_kernel(out_lock)
         initramfs = self.recipe.initramfs
         named = [*((source_key(c), c) for c in initramfs.components), *initramfs.tools,
                  *((source_key(c), c) for c in implied_components(self.recipe))]
-        components = tuple(self._resolve_component(name, c, out_lock) for name, c in named)
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            self._pool = pool
+            try:
+                components = tuple(self._resolve_component(name, c, out_lock)
+                                   for name, c in named)
+                kernel = self._resolve_kernel(out_lock)
+                for future in self._unpacks.values():
+                    future.result()
+            finally:
+                self._pool = None
         pins = tuple(sorted(self._pins.values(), key=lambda p: p.name))
         return Resolution(kernel, components, out_lock, pins)
 
@@ -151,7 +166,7 @@ class Resolver:
         if source.debian is not None:
             names = (self.platform_lock.kernel if self.platform_lock
                      else [self.kernel_package_name(source.debian, source.version)])
-            packages = tuple(self._package(n, None) for n in names)
+            packages = tuple(self._package(n, None, kernel=True) for n in names)
             out_lock.kernel = [p.pin.name for p in packages]
         elif source.is_package:
             packages = (self._local_package(source),)
@@ -232,11 +247,21 @@ class Resolver:
         pin = Pin(pkg.name, pkg.version, pkg.arch, pkg.sha256, pkg.size, pkg.filename)
         return pin, self.archive.fetch(pkg)
 
-    def _package(self, name: str, found: DebPackage | None) -> Package:
-        """Fetch and unpack one Debian package, pinned by the lock or by the archive's index."""
+    def _package(self, name: str, found: DebPackage | None, kernel: bool = False) -> Package:
+        """Fetch and unpack one Debian package, pinned by the lock or by the archive's index; a
+        kernel package without the modules the recipe does not need (builder.components.
+        lazytree)."""
         pin, deb = self.fetch(name, found)
         self._pins[pin.name] = pin
-        return Package(pin, unpack_deb(deb, self.cache, pin.name))
+        if kernel:
+            wanted = [*self.recipe.kernel.modules, *implied_modules(self.recipe)]
+            return Package(pin, unpack_kernel(deb, self.cache, wanted))
+        if self._pool is None or deb != self.cache.blob_path(deb.name):
+            return Package(pin, unpack_deb(deb, self.cache, pin.name))
+        if deb not in self._unpacks:
+            self._unpacks[deb] = self._pool.submit(unpack_deb, deb, self.cache, pin.name)
+        # unpack_deb's folder for a cache blob, there once resolve() returns
+        return Package(pin, self.cache.root / "unpacked" / deb.name)
 
     def _fetch_pinned(self, pin: Pin) -> Path:
         if (hit := self.cache.find(pin.sha256)) is not None:

@@ -20,6 +20,7 @@ import zstandard
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from builder.components.lazytree import ensure, lazy_files
 from builder.errors import BuildError
 from builder.initramfs import facts
 from builder.initramfs.tree import Tree
@@ -80,16 +81,6 @@ class Module:
             return DECOMPRESSORS[suffix](self.path.read_bytes())
         except (lzma.LZMAError, zstandard.ZstdError, zlib.error, OSError, EOFError) as exc:
             raise BuildError(f"{self.path}: cannot decompress kernel module: {exc}") from exc
-
-
-def find_kernel_version(tree_root: Path) -> str:
-    """The one kernel version under ``tree_root/lib/modules``."""
-    modules = tree_root / "lib" / "modules"
-    versions = sorted(p.name for p in modules.iterdir() if p.is_dir()) if modules.is_dir() else []
-    if len(versions) != 1:
-        found = ", ".join(versions) if versions else "none"
-        raise BuildError(f"{modules}: expected exactly one kernel version, found {found}")
-    return versions[0]
 
 
 def parse_modinfo(stream: BinaryIO, origin: Path) -> dict[str, list[str]]:
@@ -163,6 +154,7 @@ class ModuleIndex(Mapping[str, Module]):
     def __getitem__(self, name: str) -> Module:
         if name not in self._loaded:
             rel = self._files[name]
+            ensure(self.modules_dir / rel)
             stem = (split_suffix(rel) or (rel, ""))[0]
             self._loaded[name] = load_module(self.modules_dir / rel, stem + ".ko")
         return self._loaded[name]
@@ -178,25 +170,28 @@ class ModuleIndex(Mapping[str, Module]):
 
 
 def index_modules(modules_dir: Path) -> ModuleIndex:
-    """Map every module file under ``modules_dir`` (``<root>/lib/modules/<ver>``) by name."""
+    """Map every module file under ``modules_dir`` (``<root>/lib/modules/<ver>``) by name; in a
+    lazy kernel tree (builder.components.lazytree), those not written yet too."""
     if not modules_dir.is_dir():
         raise BuildError(f"{modules_dir}: no such kernel modules folder")
-    files: dict[str, str] = {}
+    found: list[str] = []
     top = os.fspath(modules_dir)
     # Plain strings, not Paths: building 4000 Path objects costs more than the walk itself.
     for folder, dirs, names in os.walk(top):
         dirs.sort()
         prefix = os.path.relpath(folder, top).replace(os.sep, "/") + "/"
-        for filename in sorted(names):
-            # A link could lead out of the package to the build machine's files: modules are
-            # regular files in every Debian kernel package.
-            if (parts := split_suffix(filename)) is None or os.path.islink(f"{folder}/{filename}"):
-                continue
-            rel = prefix.removeprefix("./") + filename
-            name = normalize_name(parts[0])
-            # Like depmod, a module under updates/ overrides the one the kernel shipped.
-            if name not in files or rel.startswith("updates/"):
-                files[name] = rel
+        # A link could lead out of the package to the build machine's files: modules are
+        # regular files in every Debian kernel package.
+        found += [prefix.removeprefix("./") + n for n in sorted(names)
+                  if not os.path.islink(f"{folder}/{n}")]
+    files: dict[str, str] = {}
+    for rel in found + lazy_files(modules_dir):
+        if (parts := split_suffix(rel.rsplit("/", 1)[-1])) is None:
+            continue
+        name = normalize_name(parts[0])
+        # Like depmod, a module under updates/ overrides the one the kernel shipped.
+        if name not in files or rel.startswith("updates/"):
+            files[name] = rel
     return ModuleIndex(modules_dir, files)
 
 

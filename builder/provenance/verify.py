@@ -2,7 +2,9 @@
 
 The envelope must be signed by one of the given keys, its payload an in-toto Statement v1
 with a SLSA Provenance v1 predicate, every subject present with its sha256, and no file of
-the folder (besides the envelope) left out of the subjects.
+the folder (besides the envelope) left out of the subjects, except the images a
+``--no-images`` build kept from an earlier one: the signed manifest lists those
+(``kept_images``) with their sha256, which must match.
 """
 
 from __future__ import annotations
@@ -51,11 +53,31 @@ def verify_provenance(folder: Path, keys: list[PublicKey]) -> Verdict:
         if (actual := sha256_file(file)) != digest:
             raise BuildError(f"{folder}: {name}: sha256 {actual} differs from the provenance's "
                              f"{digest}: the file changed after the build")
+    kept = _kept_images(folder, subjects)
+    for name, digest in sorted(kept.items()):
+        if (actual := sha256_file(folder / name)) != digest:
+            raise BuildError(f"{folder}: {name}: sha256 {actual} differs from the signed "
+                             f"manifest's kept image {digest}")
     present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    if extra := sorted(present - set(subjects) - {PROVENANCE}):
+    if extra := sorted(present - set(subjects) - set(kept) - {PROVENANCE}):
         raise BuildError(f"{folder}: {extra[0]}: not covered by the provenance"
                          + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
     return Verdict(key, subjects, statement["predicate"])
+
+
+def _kept_images(folder: Path, subjects: dict[str, str]) -> dict[str, str]:
+    """The images a ``--no-images`` build kept (name to sha256), from the manifest when it is
+    a checked subject; only names of files inside the folder."""
+    if "manifest.json" not in subjects:
+        return {}
+    try:
+        kept = json.loads((folder / "manifest.json").read_text()).get("kept_images") or {}
+        found = {str(name): str(info["sha256"]) for name, info in kept.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise BuildError(f"{folder}: manifest.json: unreadable kept_images") from None
+    return {name: digest for name, digest in found.items()
+            if (folder / name).is_file() and not name.startswith("/")
+            and ".." not in name.split("/")}
 
 
 def _statement(payload: bytes, path: Path) -> dict[str, Any]:

@@ -1,0 +1,99 @@
+"""Tests for builder.components.lazytree and xzblocks: a kernel package unpacked without the
+modules a recipe does not need, each module written later from the xz blocks that hold it."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from builder.components.cache import Cache
+from builder.components.lazytree import lazy_files, unpack_kernel
+from builder.components.xzblocks import read_blocks, read_range
+from builder.initramfs.kmod import find_module_closure, index_modules
+
+if TYPE_CHECKING:
+    from builder.components.apt import Archive
+
+
+def xz(data: bytes, *args: str) -> bytes:
+    return subprocess.run(["xz", "-c", "-T1", *args], input=data, capture_output=True,
+                          check=True).stdout
+
+
+def test_read_range_decompresses_only_what_it_needs() -> None:
+    rng = random.Random(7)
+    data = bytes(rng.getrandbits(8) if i % 3 else 65 for i in range(300_000))
+    packed = xz(data, "--block-size=65536")
+    blocks = read_blocks(packed)
+    assert blocks is not None and len(blocks) == 5
+    assert [b.offset for b in blocks] == [0, 65536, 131072, 196608, 262144]
+    memo: dict[int, bytes] = {}
+    for offset, size in [(0, 10), (65530, 20), (100_000, 150_000), (299_990, 10), (5, 0)]:
+        assert read_range(packed, blocks, offset, size, memo) == data[offset:offset + size]
+    assert list(memo) == [262144]  # one block kept at a time
+    with pytest.raises(ValueError, match="does not cover"):
+        read_range(packed, blocks, 299_990, 20)
+
+
+def test_read_blocks_refuses_what_it_cannot_index() -> None:
+    one = xz(b"a" * 1000)
+    assert read_blocks(one + one) is None  # two streams
+    assert read_blocks(one[:-1] + b"Q") is None
+    damaged = bytearray(one)
+    damaged[-13] ^= 1  # the index's CRC32
+    assert read_blocks(bytes(damaged)) is None
+
+
+@pytest.fixture(scope="module")
+def kernel_blob(debian_archive: Callable[[str], Archive]) -> Path:
+    """The linux-image-6.x-amd64 package that linux-image-amd64 points at, downloaded."""
+    archive = debian_archive("amd64")
+    meta = archive.find("linux-image-amd64")
+    name = next(m[1] for d in meta.depends if (m := re.match(r"(linux-image-[\w.+-]+)", d)))
+    return archive.fetch(archive.find(name))
+
+
+@pytest.mark.network
+def test_lazy_kernel_tree(kernel_blob: Path, tmp_path: Path,
+                          debian_roots: Callable[..., list[Path]]) -> None:
+    """Only the wanted modules and their closure are written, byte for byte as a whole unpack
+    has them; the index still knows every module, and writes one when it is first read."""
+    cache = Cache(tmp_path / "cache")
+    blob = cache.blob_path(kernel_blob.name)
+    blob.parent.mkdir(parents=True)
+    os.link(kernel_blob, blob)
+    tree = unpack_kernel(blob, cache, ["e1000", "virtio-net", "ext4", "usb_storage", "vfat"])
+    assert tree.name == f"{kernel_blob.name}.lazy"
+    [modules_dir] = (tree / "lib/modules").iterdir()
+    written = {p.relative_to(modules_dir).as_posix() for p in modules_dir.rglob("*.ko")}
+    index = index_modules(modules_dir)
+    assert len(index) > 3000 and len(written) < 60
+    closure = find_module_closure(index, ["e1000", "virtio_net", "ext4", "usb_storage", "vfat"])
+    assert {m.relpath for m in closure} <= written  # the first pass wrote the whole closure
+    assert {"usbcore", "scsi_mod", "jbd2", "fat", "failover"} <= {m.name for m in closure}
+
+    [whole] = debian_roots("amd64", [_package_name(tree)], depends=False)
+    whole_dir = whole / "lib/modules" / modules_dir.name
+    for module in closure:
+        assert module.read() == (whole_dir / module.relpath).read_bytes(), module.relpath
+    assert (tree / "boot").is_dir() and sorted(p.name for p in (tree / "boot").iterdir()) == \
+        sorted(p.name for p in (whole / "boot").iterdir())
+
+    later = "kernel/fs/btrfs/btrfs.ko"
+    assert later in lazy_files(modules_dir) and not (modules_dir / later).exists()
+    btrfs = find_module_closure(index, ["btrfs"])
+    for module in btrfs:
+        assert module.read() == (whole_dir / module.relpath).read_bytes(), module.relpath
+    assert (modules_dir / later).stat().st_mode & 0o777 == 0o644
+
+
+def _package_name(tree: Path) -> str:
+    [boot] = [p.name for p in (tree / "boot").iterdir() if p.name.startswith("vmlinuz-")]
+    return "linux-image-" + boot.removeprefix("vmlinuz-")

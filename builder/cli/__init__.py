@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from builder import __version__
-from builder.cli import build, factory, keys, provenance
+from builder.cli import boot, build, factory, keys, provenance
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,7 +44,7 @@ def main(ctx: click.Context, debug: bool, quiet: bool, cache_dir: Path | None) -
 
 
 
-for command in (build.recipes, build.lock, build.build, build.boot, factory.dhcp_config,
+for command in (build.recipes, build.lock, build.build, boot.boot, factory.dhcp_config,
                 factory.serve, factory.status, keys.keys, keys.sign, keys.verify,
                 provenance.sources, provenance.verify_provenance):
     main.add_command(command)

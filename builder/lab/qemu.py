@@ -123,6 +123,19 @@ def qemu_command(
     The NIC is a tap device when ``tap`` is given (run QEMU inside the namespace that holds it),
     else QEMU's user network when ``netdev`` is "user", else none.
     """
+    return [
+        machine.binary,
+        *machine.args,
+        *("-nographic", "-no-reboot", "-serial", "mon:stdio"),
+        *("-kernel", os.fspath(kernel), "-initrd", os.fspath(initrd)),
+        *("-append", render_append(machine, append)),
+        *net_args(machine, netdev, tap),
+        *extra,
+    ]
+
+
+def net_args(machine: QemuMachine, netdev: str | None, tap: str | None) -> list[str]:
+    """The NIC: on tap device ``tap``, else QEMU's user network for "user", else none."""
     if tap is not None:
         net = ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no"]
     elif netdev == "user":
@@ -132,17 +145,7 @@ def qemu_command(
         net = []
     else:
         raise BuildError(f"unknown netdev {netdev!r}: expected 'user' or None (or pass tap=)")
-    nic = ["-device", f"{machine.nic},netdev=n0"] if net else ["-nic", "none"]
-    return [
-        machine.binary,
-        *machine.args,
-        *("-nographic", "-no-reboot", "-serial", "mon:stdio"),
-        *("-kernel", os.fspath(kernel), "-initrd", os.fspath(initrd)),
-        *("-append", render_append(machine, append)),
-        *net,
-        *nic,
-        *extra,
-    ]
+    return [*net, "-device", f"{machine.nic},netdev=n0"] if net else ["-nic", "none"]
 
 
 def clean_output(text: str) -> str:

@@ -119,21 +119,15 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield Lab(ns, net, tmp_path, web, dhcp)
 
 
-def own(output: str) -> list[str]:
-    """A command's lines without discovery's: they share the console, and one of discovery's
-    may land inside a line of the command's."""
-    return re.sub(r"onie-discovery: [^\n]*(\n|$)", "", output).splitlines()
-
-
-def seen_or_expect(console: Console, output: str, pattern: str, timeout: float) -> None:
-    """A discovery line that may already have come inside a command's output (the console is
-    shared), else the next one on the console."""
-    if not re.search(pattern, output):
+def seen_or_expect(console: Console, since: int, pattern: str, timeout: float) -> None:
+    """A discovery line already on the console since offset ``since`` of its transcript (it
+    may have come while a command ran), else the next one."""
+    if not re.search(pattern, console.transcript[since:]):
         console.expect(pattern, timeout)
 
 
 def pid_of_discovery(console: Console) -> int:
-    return int(own(console.run("cat /run/onie/discovery.pid"))[-1])
+    return int(console.run("cat /run/onie/discovery.pid"))
 
 
 def test_rescue_boot_onie_boot_modes_support_and_nos_install(
@@ -210,20 +204,21 @@ def test_discovery_stop_and_start(lab_image: Path, lab: Lab) -> None:
     with lab.boot(lab_image, "") as console:
         console.expect(r"onie-discovery: round 1\r?\n", 180)
         pid = pid_of_discovery(console)
-        assert own(console.run("onie-discovery-stop", 30)) == ["Stopping: onie-discovery... done."]
+        assert console.run("onie-discovery-stop", 30) == "Stopping: onie-discovery... done."
         console.run("test ! -e /run/onie/discovery.pid")
-        assert own(console.run(f"test -d /proc/{pid} || echo gone")) == ["gone"]
-        assert own(console.run("ps -o pid,args | grep -e onie-discover[y] -e udhcp[c]",
-                               check=False)) == []
+        assert console.run(f"test -d /proc/{pid} || echo gone") == "gone"
+        assert console.run("ps -o pid,args | grep -e onie-discover[y] -e udhcp[c]",
+                           check=False) == ""
         # Stopped means silent: a guest-side window longer than the image's backoff limit (4 s).
-        window = console.run("sleep 6; echo window-over", 30)
-        assert own(window) == ["window-over"] and "onie-discovery:" not in window
-        started = console.run("onie-discovery-start", 30)
-        assert own(started) == ["Starting: onie-discovery... done."]
-        seen_or_expect(console, started,
+        quiet_from = len(console.transcript)
+        assert console.run("sleep 6; echo window-over", 30) == "window-over"
+        assert "onie-discovery:" not in console.transcript[quiet_from:]
+        started_at = len(console.transcript)
+        assert console.run("onie-discovery-start", 30) == "Starting: onie-discovery... done."
+        seen_or_expect(console, started_at,
                        r"onie-discovery: start platform=x86_64-qemu_x86_64-r0 mode=install ", 60)
-        seen_or_expect(console, started, r"onie-discovery: round 1\r?\n", 120)
+        seen_or_expect(console, started_at, r"onie-discovery: round 1\r?\n", 120)
         new = pid_of_discovery(console)
         assert new != pid
-        assert own(console.run("onie-stop", 30)) == ["Stopping: onie-discovery... done."]
-        assert own(console.run(f"test -d /proc/{new} || echo gone")) == ["gone"]
+        assert console.run("onie-stop", 30) == "Stopping: onie-discovery... done."
+        assert console.run(f"test -d /proc/{new} || echo gone") == "gone"

@@ -8,6 +8,7 @@ network namespaces (root); when a tool is missing they fail if ``CI`` is set, el
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from builder.components.apt import Archive
 from builder.components.cache import Cache
 from builder.components.deb import unpack_deb
 from builder.errors import BuildError, MissingToolError
+from builder.lab import framing
 from builder.lab.netns import (
     Console,
     GuestCommandError,
@@ -203,7 +205,8 @@ def test_run_timeout_then_recovers(shell: Console) -> None:
 
 
 def test_expect_timeout_quotes_console_tail(shell: Console) -> None:
-    shell.run("seq 1 100")
+    shell.send("seq 1 100\n")
+    shell.expect(r"\n100\r?\n", timeout=10)
     with pytest.raises(LabTimeout) as info:
         shell.expect("never printed", timeout=0.3)
     message = info.value.message
@@ -224,6 +227,57 @@ def test_expect_window_moves_on(shell: Console) -> None:
     first = shell.expect(r"(?m)^(one|two)\r?$", timeout=5)
     second = shell.expect(r"(?m)^(one|two)\r?$", timeout=5)
     assert (first.group(1), second.group(1)) == ("one", "two")
+
+
+def test_run_gets_only_its_own_output_while_others_write(shell: Console) -> None:
+    """A writer in the background puts whole and cut lines on the same terminal, as the
+    kernel and discovery do on a guest's console: each command still gets exactly its own."""
+    shell.run("(while :; do echo 'onie-discovery: round 9'; printf 'clocksource: cut '; "
+              "printf 'line\\n'; done) > $(tty) 2>&1 &")
+    try:
+        for n in range(25):
+            expected = "\n".join(f"{n} line {i}" for i in range(20))
+            assert shell.run(f"i=0; while [ $i -lt 20 ]; do echo '{n} line' $i; i=$((i+1)); done"
+                             ) == expected
+            assert shell.run_status(f"echo {n} >&2; exit_with() {{ return $1; }}; exit_with {n % 4}"
+                                    ) == (n % 4, str(n))
+    finally:
+        shell.run("kill %1")
+    # The writer did cut frames (so the test tells something): those were printed again.
+    assert shell.reprints > 0
+
+
+def test_run_prints_a_cut_frame_again(shell: Console, tmp_path: Path) -> None:
+    """A frame with a line cut by another writer is not taken: the file is printed again."""
+    flag = tmp_path / "cut-next"
+    # Shadows base64 for the framing: while the flag is there, a kernel-like line lands in the
+    # middle of a line of the next frame printed, once.
+    shell.run(f"base64() {{ if [ -e {flag} ]; then rm {flag}; command base64 \"$@\" | "
+              f"sed '1s/$/[ 1.2] clocksource: cut/'; else command base64 \"$@\"; fi; }}")
+    assert shell.reprints == 0
+    assert shell.run(f"touch {flag}; seq 1 30") == "\n".join(str(i) for i in range(1, 31))
+    assert shell.reprints == 1
+    assert shell.run("echo fine") == "fine" and shell.reprints == 1
+
+
+@pytest.mark.parametrize("window", [
+    "__OB_1_2_DaGVsbG8K\r\n",  # intact
+    "noise\r\n__OB_1_2_DaGVs\r\n[ 3.1] clocksource: x\r\n__OB_1_2_DbG8K\r\n",  # whole lines between
+])
+def test_read_frame_intact(window: str) -> None:
+    trailer = framing.Trailer(0, hashlib.md5(b"hello\n").hexdigest())
+    assert framing.read_frame(window, "1_2", trailer) == b"hello\n"
+
+
+@pytest.mark.parametrize("window", [
+    "__OB_1_2_DaGVs[ 3.1] clocksource: x\r\nbG8K\r\n",  # a line cut by the kernel
+    "__OB_1_2_DaGVs\r\n__OB_1_3_DbG8K\r\n",  # another run's line
+    "__OB_1_2_DaGVs\r\nbG8K\r\n",  # an untagged line that looks like base64
+    "__OB_1_2_DaGV\r\n",  # not base64
+])
+def test_read_frame_refuses_cut_frames(window: str) -> None:
+    trailer = framing.Trailer(0, hashlib.md5(b"hello\n").hexdigest())
+    assert framing.read_frame(window, "1_2", trailer) is None
 
 
 def test_send_escapes_monitor_key(tmp_path: Path) -> None:
@@ -294,7 +348,7 @@ def initramfs(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     busybox = require_tool("busybox", "for the lab's test initramfs (busybox-static)")
     cpio = require_tool("cpio", "to pack the lab's test initramfs")
     tree = tmp_path_factory.mktemp("initramfs")
-    for folder in ("bin", "dev", "proc", "sys"):
+    for folder in ("bin", "dev", "proc", "sys", "tmp"):
         (tree / folder).mkdir()
     shutil.copy(busybox, tree / "bin" / "busybox")
     shutil.copy(kernel.e1000, tree / "e1000.ko")
@@ -365,6 +419,28 @@ def test_guest_exit_status(guest: Guest) -> None:
     assert info.value.status == 3
     assert info.value.output == "console=ttyS0,115200 panic=-1"
     assert con.run("echo ok") == "ok"
+
+
+@pytest.mark.lab
+@pytest.mark.network
+def test_guest_command_output_is_its_own_while_kernel_and_others_write(guest: Guest) -> None:
+    """The kernel (through /dev/kmsg, printed on the console mid-line if need be) and another
+    writer (as discovery) keep writing while commands run: each gets exactly its own lines."""
+    con = guest.console
+    start = len(con.transcript)
+    con.run("(while :; do echo '<3>ob-noise: kernel line' > /dev/kmsg;"
+            " echo 'onie-discovery: ob-noise' > /dev/console; usleep 20000; done) &")
+    try:
+        for n in range(30):
+            expected = "\n".join(f"{n}: line {i}" for i in range(12))
+            assert con.run(f"for i in 0 1 2 3 4 5 6 7 8 9 10 11; do echo '{n}: line' $i; done",
+                           timeout=30) == expected
+            assert con.run_status(f"cat /proc/cmdline; echo {n} >&2; false", timeout=30) == (
+                1, f"console=ttyS0,115200 panic=-1\n{n}")
+    finally:
+        con.run("kill %1", timeout=30)
+    during = con.transcript[start:]
+    assert "ob-noise: kernel line" in during and "onie-discovery: ob-noise" in during
 
 
 @pytest.mark.lab

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from builder import __version__
-from builder.cli import build, cache, factory, keys, provenance
+from builder.cli import boot, build, cache, factory, keys, provenance
 from builder.cli.common import catch_signals
 from builder.progress import CurrentStderr
 
@@ -53,7 +53,7 @@ def main(ctx: click.Context, debug: bool, quiet: bool, cache_dir: Path | None,
 
 
 
-for command in (build.recipes, build.lock, build.build, build.boot, factory.dhcp_config,
+for command in (build.recipes, build.lock, build.build, boot.boot, factory.dhcp_config,
                 factory.serve, factory.status, cache.cache, keys.keys, keys.sign, keys.verify,
                 provenance.sources, provenance.verify_provenance):
     main.add_command(command)

@@ -1,10 +1,8 @@
-"""Commands that make images: `recipes`, `lock`, `build` and `boot`."""
+"""Commands that make images: `recipes`, `lock` and `build`."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -328,49 +326,3 @@ def render_sizes(sizes: tuple[tuple[str, int], ...], width: int = 96) -> str:
     return textwrap.fill(text, width, initial_indent="  compressed alone, by component: ",
                          subsequent_indent="    ", break_on_hyphens=False,
                          break_long_words=False).replace("\xa0", " ")
-
-
-@click.command()
-@click.argument("image", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--append", default="", help="Extra kernel command-line arguments.")
-@click.option("--netns", is_flag=True,
-              help="Boot in a network namespace of its own, with a DHCP server (dnsmasq) whose "
-                   "option 114 points at an HTTP server there; needs root.")
-@click.option("--installer", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              default=None, help="With --netns: the installer that server hands out.")
-@click.option("--dry-run", is_flag=True, help="Print the QEMU command instead of running it.")
-@handle_errors
-def boot(image: Path, append: str, netns: bool, installer: Path | None, dry_run: bool) -> None:
-    """Boot a built IMAGE folder (out/<platform>) in QEMU with the serial console on stdio.
-
-    Leave QEMU with Ctrl-A X. By default QEMU's user-mode network is attached, so nothing
-    leaves the emulator except what the guest itself sends. With --netns the guest gets a
-    quick local install test bed instead: DHCP plus an HTTP server serving --installer as
-    `onie-installer`, all inside a namespace that is deleted when QEMU exits.
-    """
-    from builder.lab.qemu import find_qemu, machine_for, qemu_command
-
-    if installer is not None and not netns:
-        raise BuildError("--installer needs --netns (the test bed that serves it)")
-    try:
-        manifest = json.loads((image / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise BuildError(f"{image}: not a built image folder ({exc})") from None
-    machine = machine_for(manifest["arch"])
-    cmdline = " ".join(x for x in (manifest["kernel"]["cmdline"], append) if x)
-    kernel, initrd = image / "vmlinuz", image / "initrd.img"
-    if netns:
-        from builder.lab.testbed import TAP, run_testbed
-
-        argv = qemu_command(machine, kernel, initrd, cmdline, tap=TAP)
-    else:
-        argv = qemu_command(machine, kernel, initrd, cmdline)
-    if dry_run:
-        import shlex
-
-        click.echo(shlex.join(argv))
-        return
-    find_qemu(manifest["arch"])
-    if netns:
-        sys.exit(run_testbed(machine, kernel, initrd, cmdline, installer))
-    os.execvp(argv[0], argv)

@@ -18,11 +18,13 @@ from pathlib import Path
 from types import TracebackType
 
 from builder.errors import BuildError
+from builder.lab import framing
 from builder.process import find_tool, minimal_env
 
 log = logging.getLogger(__name__)
 
 TAIL_LINES = 40
+REPRINTS = 8  # times a command's framed output is printed again before giving up
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL (tgtd, for one, ignores SIGTERM)
 # CSI (ESC [ ... final byte), OSC (ESC ] ... BEL/ST) and two-byte escapes such as ESC 7.
 ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -121,6 +123,19 @@ def qemu_command(
     The NIC is a tap device when ``tap`` is given (run QEMU inside the namespace that holds it),
     else QEMU's user network when ``netdev`` is "user", else none.
     """
+    return [
+        machine.binary,
+        *machine.args,
+        *("-nographic", "-no-reboot", "-serial", "mon:stdio"),
+        *("-kernel", os.fspath(kernel), "-initrd", os.fspath(initrd)),
+        *("-append", render_append(machine, append)),
+        *net_args(machine, netdev, tap),
+        *extra,
+    ]
+
+
+def net_args(machine: QemuMachine, netdev: str | None, tap: str | None) -> list[str]:
+    """The NIC: on tap device ``tap``, else QEMU's user network for "user", else none."""
     if tap is not None:
         net = ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no"]
     elif netdev == "user":
@@ -130,17 +145,7 @@ def qemu_command(
         net = []
     else:
         raise BuildError(f"unknown netdev {netdev!r}: expected 'user' or None (or pass tap=)")
-    nic = ["-device", f"{machine.nic},netdev=n0"] if net else ["-nic", "none"]
-    return [
-        machine.binary,
-        *machine.args,
-        *("-nographic", "-no-reboot", "-serial", "mon:stdio"),
-        *("-kernel", os.fspath(kernel), "-initrd", os.fspath(initrd)),
-        *("-append", render_append(machine, append)),
-        *net,
-        *nic,
-        *extra,
-    ]
+    return [*net, "-device", f"{machine.nic},netdev=n0"] if net else ["-nic", "none"]
 
 
 def clean_output(text: str) -> str:
@@ -176,6 +181,8 @@ class Console:
         self._pos = 0  # where the next expect starts looking
         self._eof = False
         self._returncode: int | None = None
+        self._output_file = f"{framing.OUTPUT_DIR}/.ob-console-{os.getpid()}-{next(self._markers)}"
+        self.reprints = 0  # frames printed again because another writer cut one of their lines
         # A Console dropped without stop() (or still running at exit) must not leave QEMU behind.
         self._finalizer = weakref.finalize(self, stop_process, proc)
 
@@ -264,21 +271,41 @@ class Console:
             self._selector.unregister(self._stdin)
 
     def run_status(self, command: str, timeout: float = 10) -> tuple[int, str]:
-        """Run ``command`` in the guest's interactive shell; return its exit status and output."""
-        n = next(self._markers)
-        # The shell echoes what we type: the quotes and $? keep that echo from matching the
-        # markers. `command eval` keeps a comment, a trailing & or even a syntax error in
-        # ``command`` from eating the end marker (plain eval aborts the line on a syntax error).
-        line = f"echo __OB_{n}_B''__; command eval {shlex.quote(command)}; echo __OB_{n}_E$?__\n"
+        """Run ``command`` in the guest's interactive shell; return its exit status and output.
+
+        The output is exactly the command's own (stdout and stderr), even while the kernel or
+        discovery write to the console: it is framed and checked (``builder.lab.framing``).
+        """
         deadline = time.monotonic() + timeout
+        token = self._token()
         try:
-            self.send(line, timeout)
-            self.expect(rf"__OB_{n}_B__\r*\n", max(deadline - time.monotonic(), 0))
-            end = self.expect(rf"__OB_{n}_E(\d+)__", max(deadline - time.monotonic(), 0))
+            self.send(framing.command_line(command, token, self._output_file), timeout)
+            trailer, window = self._expect_trailer(token, deadline)
+            for attempt in range(REPRINTS + 1):
+                data = framing.read_frame(window, token, trailer)
+                if data is not None:
+                    text = clean_output(data.decode(errors="replace"))
+                    return trailer.status, text.removesuffix("\n")
+                if attempt == REPRINTS:
+                    break
+                self.reprints += 1  # another writer cut a line of the frame: print it again
+                token = self._token()
+                self.send(framing.reprint_line(token, self._output_file),
+                          max(deadline - time.monotonic(), 0))
+                again, window = self._expect_trailer(token, deadline)
+                trailer = framing.Trailer(trailer.status, again.md5)
         except LabTimeout as exc:  # say which command; the guest's shell may still be busy
             raise LabTimeout(f"guest command {command!r} (timeout {timeout:g} s): {exc}") from None
-        output = clean_output(end.string[: end.start()])
-        return int(end.group(1)), output.removesuffix("\n")
+        raise LabError(f"guest command {command!r}: its output was cut on the console"
+                       f" {REPRINTS} times in a row; last {TAIL_LINES} lines:\n{self.tail()}")
+
+    def _token(self) -> str:
+        return f"{os.getpid()}_{next(self._markers)}"
+
+    def _expect_trailer(self, token: str, deadline: float) -> tuple[framing.Trailer, str]:
+        """Wait for run ``token``'s trailer; return it and the console text before it."""
+        end = self.expect(framing.trailer_pattern(token), max(deadline - time.monotonic(), 0))
+        return framing.Trailer(int(end.group(1)), end.group(2)), end.string[: end.start()]
 
     def run(self, command: str, timeout: float = 10, *, check: bool = True) -> str:
         """Run ``command`` in the guest's shell and return its output (no echo, no markers).

@@ -82,13 +82,13 @@ def test_cli_prune_dry_run_then_prune(tmp_path: Path) -> None:
     lock.write_text(f"sha256: {digests['new']}\n")
     args = ("--cache", str(cache), "cache", "prune", "--max-size", "0", "--lock", str(lock),
             "--out", str(tmp_path / "out"), "--json")
-    dry = json.loads(run_cli(*args, "--dry-run").stdout)
+    dry = json.loads(run_cli(*args, "--dry-run").stdout)["result"]
     assert dry["protected"] == 1 and len(dry["removed"]) == 6
     assert dry["bytes_freed"] == dry["bytes_before"] - 2008
     assert (cache / "unpacked" / digests["old"]).is_dir()
-    done = json.loads(run_cli(*args).stdout)
+    done = json.loads(run_cli(*args).stdout)["result"]
     assert {**done, "dry_run": True} == dry
-    info = json.loads(run_cli("--cache", str(cache), "cache", "info", "--json").stdout)
+    info = json.loads(run_cli("--cache", str(cache), "cache", "info", "--json").stdout)["result"]
     assert info["bytes"] == 2008 and info["entries"] == 1
     assert info["kinds"]["debs"]["entries"] == 1 and info["kinds"]["unpacked"]["entries"] == 0
     assert not (cache / "unpacked" / digests["old"]).exists()

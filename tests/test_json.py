@@ -44,7 +44,7 @@ def json_commands() -> set[str]:
 
 
 # The commands this module checks; a new --json command must be added here (and to docs/json.md).
-CHECKED = {"build", "status", "verify"}
+CHECKED = {"build", "status", "verify", "cache info", "cache prune"}
 
 
 def test_every_json_command_is_checked_and_documented() -> None:
@@ -104,3 +104,15 @@ def test_status_unreachable() -> None:
     assert proc.returncode == 1
     assert check_envelope(proc.stdout, "status", False) is None
     assert "cannot reach" in json.loads(proc.stdout)["errors"][0]["message"]
+
+
+def test_cache_info_and_prune(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / "debs").mkdir(parents=True)
+    proc = run_cli("--cache", str(cache), "cache", "info", "--json")
+    info = check_envelope(proc.stdout, "cache info", True)
+    assert info["path"] == str(cache) and isinstance(info["kinds"], dict)
+    proc = run_cli("--cache", str(cache), "cache", "prune", "--dry-run", "--json",
+                   "--out", str(tmp_path / "none"), "--lock", str(tmp_path / "none.lock"))
+    plan = check_envelope(proc.stdout, "cache prune", True)
+    assert plan["dry_run"] is True and plan["removed"] == [] and plan["bytes_freed"] == 0

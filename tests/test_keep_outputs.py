@@ -36,8 +36,8 @@ def test_no_images_keeps_earlier_images(tmp_path: Path, built: Callable[[str], P
               if n not in ("vmlinuz", "initrd.img", "sbom.cdx.json", "sbom.spdx.json")}
     assert {"uki/onie.efi", "netboot/initrd.img", f"onie-updater-{PLATFORM}"} <= set(images)
 
-    build = ("build", "qemu_x86_64", "--out", str(out), "--no-lock", "--json", "--force")
-    result = json.loads(run_cli(*build, "--no-images", env=cache_env).stdout)[0]
+    build = ("build", "--allow-untrusted", "qemu_x86_64", "--out", str(out), "--no-lock", "--json", "--force")
+    result = json.loads(run_cli(*build, "--no-images", env=cache_env).stdout)["result"][0]
     assert not result["skipped"]
     manifest = json.loads((out / PLATFORM / "manifest.json").read_text())
     assert set(manifest["outputs"]) == {"vmlinuz", "initrd.img", "sbom.cdx.json",
@@ -68,7 +68,7 @@ def test_signal_cleans_staging(tmp_path: Path, built: Callable[[str], Path],
                for p in sorted(out.rglob("*")) if p.is_file()}
     env = {**os.environ, **cache_env, "SOURCE_DATE_EPOCH": EPOCH}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "builder", "build", "qemu_x86_64", "--out", str(out),
+        [sys.executable, "-m", "builder", "build", "--allow-untrusted", "qemu_x86_64", "--out", str(out),
          "--no-lock", "--force"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None

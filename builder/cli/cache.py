@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import click
 
 from builder.cli.common import handle_errors
+from builder.cli.envelope import emit
 
 
 @click.group()
@@ -43,7 +43,7 @@ def cache_info(ctx: click.Context, as_json: bool) -> None:
     root = _root(ctx)
     info = summarize(root, scan(root))
     if as_json:
-        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        emit(True, info)
         return
     click.echo(f"{info['path']}: {_mb(int(str(info['bytes'])))} in {info['entries']} entries")
     kinds = info["kinds"]
@@ -90,12 +90,12 @@ def cache_prune(ctx: click.Context, max_size: str, older_than: str | None, dry_r
         for entry in plan.removed:
             remove(entry)
     if as_json:
-        click.echo(json.dumps({
+        emit(True, {
             "path": str(root), "dry_run": dry_run, "bytes_before": plan.total,
             "bytes_freed": plan.freed, "bytes_after": plan.total - plan.freed,
             "protected": plan.protected,
             "removed": [{"kind": e.kind, "name": e.name, "bytes": e.size, "used": e.used}
-                        for e in plan.removed]}, indent=2, sort_keys=True))
+                        for e in plan.removed]})
         return
     verb = "would remove" if dry_run else "removed"
     for entry in plan.removed:

@@ -118,6 +118,7 @@ def main() -> int:
     parser.add_argument("--rate-mbit", type=int, default=0, help="shape the link (0: no)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ob-bench-fetch-") as name:
         tmp = Path(name)
         image = build(tmp)
@@ -136,14 +137,17 @@ def main() -> int:
             with Console.start(argv, tmp / "console.log", netns=ns.name) as console:
                 console.expect(r"onie-discovery: off mode=rescue", timeout=300)
                 results, kept, speed = measure(console, args.runs)
+    load = f"host load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     medians = {k: statistics.median(v) for k, v in results.items()}
     fetch = results["fetch"]
+    # Each run's cases ran back to back: its ratios are the least exposed to host load drift.
     ratios = {k: statistics.median(t / f for t, f in zip(v, fetch, strict=True))
               for k, v in results.items() if k != "fetch"}
     if args.json:
         print(json.dumps({"size_mib": args.size_mib, "smp": args.smp, "rate_mbit": args.rate_mbit,
                           "runs": results, "median": medians, "ratio_to_fetch": ratios,
-                          "one_pass_kept": kept, "openssl_sha256_kB_s": speed}, indent=2))
+                          "one_pass_kept": kept, "openssl_sha256_kB_s": speed, "load": load},
+                         indent=2))
         return 0
     link = f"link shaped to {args.rate_mbit} Mbit/s" if args.rate_mbit else "link not shaped"
     print(f"{args.size_mib} MiB signed installer over HTTP, QEMU TCG, -smp {args.smp}, {link}, "
@@ -152,7 +156,8 @@ def main() -> int:
         ratio = f"  x{ratios[name]:.2f} of fetch" if name in ratios else ""
         print(f"  {name:26} median {medians[name]:7.2f} s{ratio}   runs "
               + " ".join(f"{t:.2f}" for t in times))
-    print(f"one pass kept its digest in {kept} of {args.runs} runs (else the file was hashed)")
+    print(f"one pass kept its digest in {kept} of {args.runs} runs (else the file was hashed); "
+          + load)
     return 0
 
 

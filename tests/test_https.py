@@ -4,6 +4,7 @@ clock floor, pins, redirects, truncation, IPv6, and URLs and headers that must b
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import os
@@ -131,12 +132,14 @@ def run_https(lab: Lab, urls: list[str], *, floor: int = 0, pins: tuple[str, ...
     values = {"https": {"ca_file": str(lab.ca), "has_ca": 1 if has_ca else 0, "pins": list(pins),
                         "floor": floor, "redirects": redirects, "run": str(work / "run")}}
     lib = work / "https.sh"
-    # https_get runs under the download watchdog (lib/transfer.sh.j2, with say and nap).
-    lib.write_text("".join(render_template(make_environment(), f"guest/discovery/lib/{name}.sh.j2",
-                                           values) + "\n"
-                           for name in ("console", "transfer", "https")))
+    # https_get runs under the download watchdog (lib/transfer.sh.j2, with say and nap) and
+    # hashes the payload as it arrives (lib/onepass.sh.j2: VERIFY_BLOCK is verify.sh's).
+    lib.write_text("VERIFY_BLOCK=4096\n" + "".join(
+        render_template(make_environment(), f"guest/discovery/lib/{name}.sh.j2", values) + "\n"
+        for name in ("console", "transfer", "onepass", "https")))
     for tool in ("sh", "cat", "head", "tail", "grep", "sed", "awk", "tr", "wc", "rm", "mkdir",
-                 "timeout", "sha256sum", "printf", "date", "stat", "df", "mkfifo", "sleep"):
+                 "timeout", "sha256sum", "printf", "date", "stat", "df", "mkfifo", "sleep", "dd",
+                 "renice"):
         (work / "bin" / tool).symlink_to(busybox)
     (work / "bin" / "openssl").symlink_to(openssl)
     # A switch whose clock is wrong (BusyBox ash runs its own `date` whatever PATH says, so
@@ -146,13 +149,15 @@ def run_https(lab: Lab, urls: list[str], *, floor: int = 0, pins: tuple[str, ...
 . "$LIB"
 $WRONG_CLOCK
 CONNECT_TIMEOUT=5 TRANSFER_TIMEOUT=20 STALL_TIMEOUT=15 PROGRESS_INTERVAL=5 LOG=/dev/null
-NAP_FIFO=$OUT.nap
+NAP_FIFO=$OUT.nap RUN=$OUT.run ONEPASS_KEEP=0
+mkdir "$RUN"
 mkfifo "$NAP_FIFO"
 n=0
 for url in "$@"; do
     n=$((n + 1))
     if https_get "$url" "$OUT.$n" $HEADERS_SPLIT; then
-        echo "ok $(wc -c < "$OUT.$n")"
+        onepass_digest "$OUT.$n"
+        echo "ok $(wc -c < "$OUT.$n") $ONEPASS_DIGEST"
     else
         echo "error $FETCH_ERROR"
     fi
@@ -279,3 +284,13 @@ def test_url_parts_with_zone(tmp_path: Path) -> None:
                    "switch.example||443|/x?y=1|name|switch.example:443",
                    "10.0.0.1||443|/|ip|10.0.0.1:443"]
     assert json.dumps(out)
+
+
+def test_payload_hashed_while_downloading(lab: Lab) -> None:
+    """lib/onepass.sh.j2 on the HTTPS path: the digest of all but the last 4096 bytes, taken
+    as the body arrives, is the host's, also after a redirect; a short body gives none."""
+    payload = hashlib.sha256(BODY[:-4096]).hexdigest()
+    good, hop, short = run_https(lab, [url(lab, "good"), url(lab, "good", "/hop"),
+                                       url(lab, "good", "/short")], redirects=1)
+    assert good["detail"] == f"{len(BODY)} {payload}" and hop["detail"] == good["detail"]
+    assert short["detail"].startswith("got 5000 bytes, Content-Length says 6000")

@@ -303,7 +303,8 @@ def test_boot_netns_serves_the_installer_to_the_guest(image: Path, tmp_path: Pat
 def test_boot_installer_without_netns_is_refused(image: Path) -> None:
     proc = run_cli("boot", str(image), "--installer", str(image / "vmlinuz"), check=False)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "error: --installer needs --netns (the test bed that serves it)"
+    assert proc.stderr.strip() == ("error: --serve and --installer need --netns "
+                                   "(the test bed that serves them)")
 
 
 def test_forty_unreachable_option_72_servers_each_get_a_whole_line(image: Path, lab: Lab) -> None:

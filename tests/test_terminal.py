@@ -4,48 +4,16 @@ a stand-in guest (a Python program that prompts, echoes and writes a line of its
 
 from __future__ import annotations
 
-import os
 import re
-import select
 import subprocess
 import sys
 import termios
-import time
-from pathlib import Path
 
 from builder.lab.terminal import ERASE_LINE, LineKeeper
+from tests.ptyterm import ROOT, Pty, screen
 
 PROMPT = b"ONIE:/ # "
 DISCOVERY = b"onie-discovery: round 2 uptime=12.34\r\n"
-
-
-def screen(data: bytes) -> list[str]:
-    """The rows a terminal shows after ``data``: text, CR, LF, BS, ESC[K and ESC[J (to the end)."""
-    rows, row, col = [""], 0, 0
-    text = data.decode()
-    i = 0
-    while i < len(text):
-        erase = re.match(r"\x1b\[([0-9]*)([KJ])", text[i:])
-        if erase:
-            rows[row] = rows[row][:col]
-            if erase.group(2) == "J":
-                del rows[row + 1:]
-            i += erase.end()
-            continue
-        char = text[i]
-        i += 1
-        if char == "\r":
-            col = 0
-        elif char == "\n":
-            row += 1
-            rows += [""] * (row + 1 - len(rows))
-        elif char == "\b":
-            col = max(col - 1, 0)
-        else:
-            line = rows[row].ljust(col)
-            rows[row] = line[:col] + char + line[col + 1:]
-            col += 1
-    return [r.rstrip() for r in rows]
 
 
 def test_a_line_arriving_while_typing_goes_above_the_prompt() -> None:
@@ -177,51 +145,21 @@ sys.exit(code)
 """
 
 
-class Pty:
-    """A program on a pseudo-terminal, read until a pattern like a user would watch it."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.master, self.slave = os.openpty()
-        self.saved = termios.tcgetattr(self.slave)
-        self.proc = subprocess.Popen(argv, stdin=self.slave, stdout=self.slave, stderr=self.slave,
-                                     start_new_session=True, cwd=Path(__file__).parent.parent)
-        self.output = b""
-
-    def expect(self, pattern: bytes, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while not re.search(pattern, self.output):
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no {pattern!r} in {self.output!r}"
-            if select.select([self.master], [], [], remaining)[0]:
-                self.output += os.read(self.master, 4096)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        os.close(self.master)
-        os.close(self.slave)
-
-
 def test_relay_keeps_the_typed_line_and_restores_the_terminal() -> None:
-    term = Pty([sys.executable, "-c", RELAY, sys.executable, "-c", GUEST])
-    try:
+    with Pty([sys.executable, "-c", RELAY, sys.executable, "-c", GUEST]) as term:
         term.expect(re.escape(PROMPT))
-        os.write(term.master, b"abc")
+        term.send(b"abc")
         term.expect(rb"round 2 uptime=12\.34\r\r?\n" + re.escape(PROMPT + b"abc"))
-        os.write(term.master, b"d\r")
+        term.send(b"d\r")
         term.expect(rb"guest exit 3\r?\n")
         assert term.proc.wait(20) == 3
-        assert screen(term.output.replace(b"\r\r\n", b"\r\n"))[:3] == [
+        assert screen(term.output)[:3] == [
             "onie-discovery: round 2 uptime=12.34", "ONIE:/ # abcd", "ran abcd"]
         assert termios.tcgetattr(term.slave) == term.saved  # cooked mode again
-    finally:
-        term.close()
 
 
 def test_relay_restores_the_terminal_when_told_to_stop() -> None:
-    term = Pty([sys.executable, "-c", RELAY, sys.executable, "-c", GUEST])
-    try:
+    with Pty([sys.executable, "-c", RELAY, sys.executable, "-c", GUEST]) as term:
         term.expect(re.escape(PROMPT))
         raw = termios.tcgetattr(term.slave)
         assert not raw[3] & termios.ICANON  # the relay put the terminal in raw mode
@@ -229,14 +167,12 @@ def test_relay_restores_the_terminal_when_told_to_stop() -> None:
         term.expect(rb"guest exit 143")
         assert term.proc.wait(20) == 143
         assert termios.tcgetattr(term.slave) == term.saved
-    finally:
-        term.close()
 
 
 def test_without_a_terminal_the_guest_keeps_stdio() -> None:
     proc = subprocess.run([sys.executable, "-c", RELAY, sys.executable, "-c", GUEST],
                           input=b"abcd\r", capture_output=True, timeout=60,
-                          cwd=Path(__file__).parent.parent)
+                          cwd=ROOT)
     assert proc.returncode == 3
     # no relay: the stand-in's bytes, in its order, with nothing held or drawn again
     assert proc.stdout == (PROMPT + b"abconie-discovery: round 2 uptime=12.34\r\nd\r\nran abcd\r\n"

@@ -95,6 +95,25 @@ def test_escape_sequences_from_the_guest_are_not_held() -> None:
     assert keeper.shown(b"\x1b[J") == b"\x1b[J"
 
 
+def test_keys_never_echoed_are_not_expected_after_a_new_line() -> None:
+    keeper = LineKeeper()
+    keeper.typed(b"ls")  # before the shell runs: nothing echoes them
+    assert keeper.shown(b"[    1.90] Freeing unused kernel memory\r\n") == (
+        b"[    1.90] Freeing unused kernel memory\r\n")
+    assert keeper.pending == b""
+    assert keeper.shown(b"[    1.93] Run /init as init process\r\n") == (
+        b"[    1.93] Run /init as init process\r\n")
+
+
+def test_an_escape_sequence_cut_between_reads_is_not_held() -> None:
+    keeper = LineKeeper()
+    assert keeper.shown(PROMPT + b"\x1b[") == PROMPT + b"\x1b["
+    keeper.typed(b"x")
+    assert keeper.shown(b"6nx") == b"6nx"  # "6n" ends the sequence; "x" is the echo
+    assert keeper.shown(b"\x1b") == b"\x1b"
+    assert keeper.shown(b"[K") == b"[K"
+
+
 def test_keys_for_qemu_are_not_expected_back() -> None:
     keeper = LineKeeper()
     keeper.typed(b"\x01c")  # Ctrl-A C: QEMU's monitor, not the guest

@@ -12,6 +12,7 @@ command is drawn again under it. Without a terminal (pipes, CI) QEMU keeps the c
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import subprocess
 import sys
@@ -30,6 +31,11 @@ MAX_LINE = 4096  # bytes of the current line kept for redrawing (a prompt plus a
 # Keys typed while a line is held whose echo has not come: more and the held text was no line
 # (a line on a 115200-baud serial console takes milliseconds, less than typing so many keys).
 PATIENCE = 4
+# A prompt ends in one of these (ash's "ONIE:/ # ", "$ ", "> ", "login: "): a key's echo
+# there starts a command; elsewhere the same letter may be the kernel's or discovery's.
+PROMPT_ENDS = (b"# ", b"$ ", b"> ", b": ")
+ANSI_BYTES_RE = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+ESCAPE_TAIL_RE = re.compile(rb"\x1b([\[O][\x20-\x3f]*)?\Z")  # output ending inside an escape
 
 
 def printable(byte: int) -> bool:
@@ -42,7 +48,8 @@ class LineKeeper:
 
     ``typed`` is told each key sent to the guest, ``shown`` turns the guest's output into what
     the terminal should print. A typed text key is expected back as its echo; once the echo of
-    typed text is on the current line, that line is a prompt being edited, and output that is
+    typed text follows a prompt (``PROMPT_ENDS``) on the current line, that line is a prompt
+    being edited, and output that is
     not the echo and starts with text is someone else's line: it is held until its newline
     (echo included: a line from the kernel or discovery is one write the echo cannot cut),
     then printed after erasing the current line, which is drawn again below it. Held text that
@@ -93,6 +100,11 @@ class LineKeeper:
     def shown(self, data: bytes) -> bytes:
         """What the terminal should print for ``data``, output of the guest."""
         out = bytearray()
+        if not (self.held or self.pending or self.editing):  # nothing typed: as it comes
+            self._show(data, out)
+            tail = ESCAPE_TAIL_RE.search(data)
+            self._guest_escape = 0 if tail is None else 1 + bool(tail.group(1))
+            return bytes(out)
         for byte in data:
             if self.held:
                 if len(self.pending) <= PATIENCE:
@@ -101,7 +113,7 @@ class LineKeeper:
                         out += self._foreign_line()
                     continue
                 self._show_held(out)  # keys typed since were not echoed: it was no line
-            if self.pending and byte == self.pending[0]:
+            if self.pending and byte == self.pending[0] and (self.editing or self._at_prompt()):
                 del self.pending[0]
                 self.editing = True
                 self._show(bytes((byte,)), out)
@@ -121,18 +133,25 @@ class LineKeeper:
 
     def _show(self, data: bytes, out: bytearray) -> None:
         out += data
-        self.line += data
-        end = self.line.rfind(b"\n")
-        if end >= 0:
-            del self.line[: end + 1]
+        end = data.rfind(b"\n")
+        if end < 0:
+            self.line += data
+        else:  # a new line: what was typed before it is not coming back as its echo
+            self.line[:] = data[end + 1:]
             self.editing = False
+            self.pending.clear()
         if len(self.line) > MAX_LINE:
             del self.line[: len(self.line) - MAX_LINE]
+
+    def _at_prompt(self) -> bool:
+        """Whether the current line ends like a prompt: there, an echo begins a command."""
+        shown = ANSI_BYTES_RE.sub(b"", bytes(self.line)).rpartition(b"\r")[2]
+        return shown.endswith(PROMPT_ENDS)
 
     def _show_held(self, out: bytearray) -> None:
         """Show the held text where it came, taking the echoes it holds off ``pending``."""
         for byte in self.held:
-            if self.pending and byte == self.pending[0]:
+            if self.pending and byte == self.pending[0] and (self.editing or self._at_prompt()):
                 del self.pending[0]
         self._show(self._release(), out)
 

@@ -114,6 +114,16 @@ def test_an_escape_sequence_cut_between_reads_is_not_held() -> None:
     assert keeper.shown(b"[K") == b"[K"
 
 
+def test_the_shells_cursor_query_is_not_asked_again_and_its_answer_is_no_key() -> None:
+    keeper = LineKeeper()
+    keeper.shown(PROMPT + b"\x1b[6n")  # BusyBox ash asks where its prompt ended
+    keeper.typed(b"\x1b[24;10R")  # the terminal answers, through the relay
+    keeper.typed(b"ls")
+    keeper.shown(b"ls")
+    keeper.typed(b"\x1b[24;12R")  # (an answer coming late, after typing began)
+    assert keeper.shown(DISCOVERY) == ERASE_LINE + DISCOVERY + PROMPT + b"ls"
+
+
 def test_keys_for_qemu_are_not_expected_back() -> None:
     keeper = LineKeeper()
     keeper.typed(b"\x01c")  # Ctrl-A C: QEMU's monitor, not the guest

@@ -35,6 +35,7 @@ PATIENCE = 4
 # there starts a command; elsewhere the same letter may be the kernel's or discovery's.
 PROMPT_ENDS = (b"# ", b"$ ", b"> ", b": ")
 ANSI_BYTES_RE = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+QUERY_RE = re.compile(rb"\x1b\[[0-9]*n")  # device status and cursor position requests
 ESCAPE_TAIL_RE = re.compile(rb"\x1b([\[O][\x20-\x3f]*)?\Z")  # output ending inside an escape
 
 
@@ -66,6 +67,7 @@ class LineKeeper:
         self.answering = False  # the last key was an editing key: its answer is unforeseeable
         self._monitor_key = False  # Ctrl-A was typed: the next key is for QEMU's mux
         self._key_escape = 0  # inside a typed escape sequence (arrow keys): 1 after ESC, 2 in CSI
+        self._answering_before = False  # ``answering`` before that sequence
         self._guest_escape = 0  # inside an escape sequence from the guest (same states)
 
     def typed(self, data: bytes) -> None:
@@ -83,13 +85,15 @@ class LineKeeper:
             return
         if self._key_escape:
             self._key_escape = escape_state(self._key_escape, byte)
+            if not self._key_escape and byte == ord("R"):  # the terminal's cursor report: no key
+                self.answering = self._answering_before
             return
         if byte in LINE_ENDS:
             self.pending.clear()
             self.editing = self.answering = False
         elif byte == ESC:
             self._key_escape = 1
-            self.answering = True
+            self._answering_before, self.answering = self.answering, True
         elif printable(byte):
             self.answering = False
             if len(self.pending) < MAX_LINE:
@@ -163,7 +167,9 @@ class LineKeeper:
     def _foreign_line(self) -> bytes:
         """Erase the line being edited, print the held line, draw the edited line again."""
         text = self._release().rstrip(b"\r\n")
-        return ERASE_LINE + text + b"\r\n" + bytes(self.line)
+        # Without the shell's queries (ash asks where the cursor is after its prompt): asked
+        # again, the terminal would answer again, to the shell, in the middle of the command.
+        return ERASE_LINE + text + b"\r\n" + QUERY_RE.sub(b"", bytes(self.line))
 
 
 def escape_state(state: int, byte: int) -> int:

@@ -1,11 +1,13 @@
 """`onie-builder boot`: the accelerator choice (unit), then one short boot per way in, each
 waiting on a console marker: the hybrid ISO, the UKI under OVMF, an attached disk, and the
-network namespace test bed serving a folder. The image is the session's default build."""
+network namespace test bed serving a folder; and on a terminal (a pty), a command typed while
+discovery prints. The image is the session's default build."""
 
 from __future__ import annotations
 
 import re
 import sys
+import termios
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from builder.lab.testbed import SERVER
 from builder.process import run
 from tests.conftest import require_qemu, require_root_netns, require_tool
 from tests.imagelab import OVMF_DIR, expect_environment, require_file
+from tests.ptyterm import Pty, screen
 
 PLATFORM = "x86_64-qemu_x86_64-r0"
 PROMPT = r"ONIE:/ # "
@@ -153,3 +156,52 @@ def test_boot_netns_serving_a_folder(built: Callable[[str], Path], tmp_path: Pat
         console.expect(rf"onie-discovery: found http://{re.escape(SERVER)}/onie-installer\s", 300)
         stop_and_check(console)
     assert namespace not in run(["ip", "netns", "list"]).stdout.decode()
+
+
+@pytest.mark.lab
+@pytest.mark.network
+def test_boot_on_a_terminal_keeps_the_typed_command_below_discovery(
+        built: Callable[[str], Path]) -> None:
+    """A user's view: `boot` on a pty, a command half typed when discovery prints a line."""
+    require_qemu("x86_64")
+    image = built("qemu_x86_64")
+    with Pty([sys.executable, "-m", "builder", "boot", str(image)]) as term:
+        term.expect(rb"onie-discovery: start platform=", 240)
+        typed_from = type_at_a_fresh_prompt(term, b"echo ob-typed-")
+        # discovery's next line (a round or its backoff), printed over the line being typed
+        term.expect(rb"\x1b\[Konie-discovery: [^\r\n]*\r\r?\n"
+                    + re.escape(PROMPT.encode() + b"echo ob-typed-"), 150)
+        assert b"\x1b[6n" not in term.output[typed_from:]  # ash's cursor query: not asked again
+        term.send(b"ok; echo ob-$((6 * 7))")
+        term.expect(re.escape(b"ok; echo ob-$((6 * 7))"), 30)
+        term.send(b"\r")
+        term.expect(rb"\nob-typed-ok\r", 30)
+        term.expect(rb"\nob-42\r", 30)
+        term.send(b"\x01x")  # Ctrl-A X, as documented, quits QEMU and with it boot
+        assert term.proc.wait(30) == 0
+        assert termios.tcgetattr(term.slave) == term.saved  # the terminal as it was
+    rows = screen(term.output[typed_from:])
+    rows = rows[:rows.index("ob-42") + 1]  # (a bare prompt after it is no command being typed)
+    command = "ONIE:/ # echo ob-typed-ok; echo ob-$((6 * 7))"
+    assert command in rows, rows
+    discovery = [row for row in rows if "onie-discovery:" in row]
+    assert discovery and all(row.startswith("onie-discovery: ") for row in discovery), rows
+    after = [row for row in rows[rows.index(command) + 1:] if row not in discovery]
+    assert after[:2] == ["ob-typed-ok", "ob-42"], rows
+
+
+def type_at_a_fresh_prompt(term: Pty, keys: bytes) -> int:
+    """Type ``keys`` at a new prompt, none of discovery's lines between it and their echo (a
+    line before the echo is not yet over a command being typed: it ends that prompt's line);
+    the output position after the prompt."""
+    for _ in range(5):
+        term.send(b"echo ob-ready\r")  # a new prompt after this output
+        term.expect(rb"\nob-ready\r", 120)
+        # (ash asks where the cursor is after its prompt: a terminal answers, the pty does not)
+        start = term.expect(re.escape(PROMPT.encode()) + rb"\x1b\[6n", 30).end()
+        term.send(keys)
+        echo = term.expect(re.escape(keys), 30)
+        if b"onie-discovery:" not in term.output[start:echo.start()]:
+            return start
+        term.send(b"\x03")  # Ctrl-C: that line was cut; again
+    raise AssertionError(f"discovery printed between each prompt and the echo: {term.output!r}")

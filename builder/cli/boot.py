@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -52,7 +51,9 @@ def boot(image: Path, append: str, iso: bool, uki: bool, disks: tuple[Path, ...]
 
     By default the kernel and initramfs are booted directly; --iso, --uki and --from-disk go
     through firmware instead. KVM is used when it works here (the choice is printed), else
-    TCG. Leave QEMU with Ctrl-A X. QEMU's user-mode network is attached unless --netns: then
+    TCG. Leave QEMU with Ctrl-A X. On a terminal, console lines that arrive while you type a
+    command (discovery's, the kernel's) are printed above the prompt, which is drawn again
+    with what you typed. QEMU's user-mode network is attached unless --netns: then
     the guest gets a quick local install test bed (DHCP plus an HTTP server serving --serve
     DIR or --installer), all inside a namespace that is deleted when QEMU exits.
     """
@@ -95,16 +96,13 @@ def boot(image: Path, append: str, iso: bool, uki: bool, disks: tuple[Path, ...]
             from builder.lab.testbed import run_testbed
 
             raise SystemExit(run_testbed(argv_for, serve, installer, say))
+        from builder.lab.terminal import run_guest
         from builder.lab.testbed import Stopped, stop_on_signals
 
         with stop_on_signals():
-            qemu = subprocess.Popen(argv_for(None))
             try:
-                code = qemu.wait()
-            except (Stopped, KeyboardInterrupt) as exc:
-                from builder.lab.qemu import stop_process
-
-                stop_process(qemu)
+                code = run_guest(argv_for(None))
+            except (Stopped, KeyboardInterrupt) as exc:  # run_guest has stopped QEMU
                 code = exc.exit_code if isinstance(exc, Stopped) else 130
         raise SystemExit(code)
 

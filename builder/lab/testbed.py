@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,8 +24,8 @@ from types import FrameType
 
 from builder.errors import BuildError
 from builder.lab.netns import NetNamespace
-from builder.lab.qemu import stop_process
 from builder.lab.servers import Dnsmasq, HttpServer
+from builder.lab.terminal import run_guest
 from builder.onie.waterfall import INSTALLER
 
 # Private addresses, used only inside the namespace this module creates.
@@ -65,8 +64,9 @@ def run_testbed(argv_for_tap: Callable[[str], list[str]], serve: Path | None,
                 installer: Path | None, say: Callable[[str], None]) -> int:
     """Boot the guest in a fresh namespace against DHCP + HTTP; return QEMU's exit status.
 
-    The console stays on this process's stdio. With neither ``serve`` nor ``installer`` the
-    HTTP server serves an empty folder, so discovery keeps looking.
+    The console is this process's terminal (relayed by ``terminal.run_guest``) or stdio. With
+    neither ``serve`` nor ``installer`` the HTTP server serves an empty folder, so discovery
+    keeps looking.
     """
     if os.geteuid() != 0:
         raise BuildError("boot --netns needs root: it creates a network namespace and a tap device")
@@ -84,13 +84,10 @@ def run_testbed(argv_for_tap: Callable[[str], list[str]], serve: Path | None,
         Dnsmasq(ns, TAP, SERVER, folder / "dnsmasq", options=options).start()
         say(f"network namespace {ns.name}: DHCP and http://{SERVER}/ serving {www}"
             + (f" (option 114: {installer_url()})" if options else ""))
-        qemu = subprocess.Popen(ns.exec_argv(argv_for_tap(TAP)))
         try:
-            return qemu.wait()
-        except (Stopped, KeyboardInterrupt) as exc:
-            say(f"stopping QEMU (pid {qemu.pid}) and removing {ns.name} ({exc!r})")
-            stop_process(qemu)
+            return run_guest(ns.exec_argv(argv_for_tap(TAP)))
+        except (Stopped, KeyboardInterrupt) as exc:  # run_guest has stopped QEMU
+            say(f"stopped QEMU; removing {ns.name} ({exc!r})")
             return exc.exit_code if isinstance(exc, Stopped) else 128 + signal.SIGINT
         finally:
-            stop_process(qemu)
             sys.stdout.flush()

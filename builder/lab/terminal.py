@@ -1,0 +1,271 @@
+"""The guest's serial console on the user's terminal, with the line being typed kept whole.
+
+When ``onie-builder boot`` runs on a terminal, QEMU's serial console (its stdio, multiplexed
+with the monitor: Ctrl-A X quits, Ctrl-A C is the monitor) is on pipes and this module relays
+it: the terminal in raw mode (restored on every way out), keys to QEMU as typed, and the
+guest's output to the terminal through a ``LineKeeper``. While the user is typing a command at
+the guest's prompt, a line that someone else writes to the console (discovery, the kernel)
+is held until it is whole, then printed above the prompt, and the prompt with the partial
+command is drawn again under it. Without a terminal (pipes, CI) QEMU keeps the caller's stdio.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import subprocess
+import sys
+import termios
+import tty
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+
+from builder.lab.qemu import LabError, stop_process
+
+CR, LF, ESC = 0x0D, 0x0A, 0x1B
+CTRL_A, CTRL_C, CTRL_D, DEL = 0x01, 0x03, 0x04, 0x7F
+ERASE_LINE = b"\r\x1b[K"
+LINE_ENDS = frozenset((CR, LF, CTRL_C, CTRL_D))  # keys after which the shell starts a new line
+MAX_LINE = 4096  # bytes of the current line kept for redrawing (a prompt plus a command)
+# Keys typed while a line is held whose echo has not come: more and the held text was no line
+# (a line on a 115200-baud serial console takes milliseconds, less than typing so many keys).
+PATIENCE = 4
+# A prompt ends in one of these (ash's "ONIE:/ # ", "$ ", "> ", "login: "): a key's echo
+# there starts a command; elsewhere the same letter may be the kernel's or discovery's.
+PROMPT_ENDS = (b"# ", b"$ ", b"> ", b": ")
+ANSI_BYTES_RE = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+QUERY_RE = re.compile(rb"\x1b\[[0-9]*n")  # device status and cursor position requests
+ESCAPE_TAIL_RE = re.compile(rb"\x1b([\[O][\x20-\x3f]*)?\Z")  # output ending inside an escape
+
+
+def printable(byte: int) -> bool:
+    """A byte a shell echoes as itself: ASCII text or part of a UTF-8 character."""
+    return byte >= 0x20 and byte != DEL
+
+
+class LineKeeper:
+    """Keeps the guest's current line (its prompt and the echo of what is typed) at the bottom.
+
+    ``typed`` is told each key sent to the guest, ``shown`` turns the guest's output into what
+    the terminal should print. A typed text key is expected back as its echo; once the echo of
+    typed text follows a prompt (``PROMPT_ENDS``) on the current line, that line is a prompt
+    being edited, and output that is
+    not the echo and starts with text is someone else's line: it is held until its newline
+    (echo included: a line from the kernel or discovery is one write the echo cannot cut),
+    then printed after erasing the current line, which is drawn again below it. Held text that
+    turns out not to be a line (``PATIENCE`` keys typed since are still not echoed) is shown
+    where it came. After an editing key (backspace, Tab, arrows) the guest's answer is shown
+    as it comes, and nothing is held until the next text key.
+    """
+
+    def __init__(self) -> None:
+        self.line = bytearray()  # the guest's current incomplete line, as shown
+        self.pending = bytearray()  # typed text keys whose echo has not come yet
+        self.held = bytearray()  # another writer's line, held until its newline
+        self.editing = False  # the current line holds echoed typing: a prompt being edited
+        self.answering = False  # the last key was an editing key: its answer is unforeseeable
+        self._monitor_key = False  # Ctrl-A was typed: the next key is for QEMU's mux
+        self._key_escape = 0  # inside a typed escape sequence (arrow keys): 1 after ESC, 2 in CSI
+        self._answering_before = False  # ``answering`` before that sequence
+        self._guest_escape = 0  # inside an escape sequence from the guest (same states)
+
+    def typed(self, data: bytes) -> None:
+        """Note keys the user sent to the guest."""
+        for byte in data:
+            self._key(byte)
+
+    def _key(self, byte: int) -> None:
+        if self._monitor_key:
+            self._monitor_key = False
+            if byte != CTRL_A:  # Ctrl-A Ctrl-A sends one Ctrl-A to the guest; others are QEMU's
+                return
+        elif byte == CTRL_A:
+            self._monitor_key = True
+            return
+        if self._key_escape:
+            self._key_escape = escape_state(self._key_escape, byte)
+            if not self._key_escape and byte == ord("R"):  # the terminal's cursor report: no key
+                self.answering = self._answering_before
+            return
+        if byte in LINE_ENDS:
+            self.pending.clear()
+            self.editing = self.answering = False
+        elif byte == ESC:
+            self._key_escape = 1
+            self._answering_before, self.answering = self.answering, True
+        elif printable(byte):
+            self.answering = False
+            if len(self.pending) < MAX_LINE:
+                self.pending.append(byte)
+        else:  # backspace, Tab...: the shell redraws in its own way
+            self.answering = True
+
+    def shown(self, data: bytes) -> bytes:
+        """What the terminal should print for ``data``, output of the guest."""
+        out = bytearray()
+        if not (self.held or self.pending or self.editing):  # nothing typed: as it comes
+            self._show(data, out)
+            tail = ESCAPE_TAIL_RE.search(data)
+            self._guest_escape = 0 if tail is None else 1 + bool(tail.group(1))
+            return bytes(out)
+        for byte in data:
+            if self.held:
+                if len(self.pending) <= PATIENCE:
+                    self.held.append(byte)
+                    if byte == LF:
+                        out += self._foreign_line()
+                    continue
+                self._show_held(out)  # keys typed since were not echoed: it was no line
+            if self.pending and byte == self.pending[0] and (self.editing or self._at_prompt()):
+                del self.pending[0]
+                self.editing = True
+                self._show(bytes((byte,)), out)
+            elif (self.editing and not self.answering and not self._guest_escape
+                  and printable(byte)):
+                self.held.append(byte)
+            else:
+                self._guest_escape = (escape_state(self._guest_escape, byte) if self._guest_escape
+                                      else int(byte == ESC))
+                self._show(bytes((byte,)), out)
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        """What is left to print when the guest is gone: held text and a final newline."""
+        rest = self._release()
+        return rest + b"\r\n" if rest or self.line else rest
+
+    def _show(self, data: bytes, out: bytearray) -> None:
+        out += data
+        end = data.rfind(b"\n")
+        if end < 0:
+            self.line += data
+        else:  # a new line: what was typed before it is not coming back as its echo
+            self.line[:] = data[end + 1:]
+            self.editing = False
+            self.pending.clear()
+        if len(self.line) > MAX_LINE:
+            del self.line[: len(self.line) - MAX_LINE]
+
+    def _at_prompt(self) -> bool:
+        """Whether the current line ends like a prompt: there, an echo begins a command."""
+        shown = ANSI_BYTES_RE.sub(b"", bytes(self.line)).rpartition(b"\r")[2]
+        return shown.endswith(PROMPT_ENDS)
+
+    def _show_held(self, out: bytearray) -> None:
+        """Show the held text where it came, taking the echoes it holds off ``pending``."""
+        for byte in self.held:
+            if self.pending and byte == self.pending[0] and (self.editing or self._at_prompt()):
+                del self.pending[0]
+        self._show(self._release(), out)
+
+    def _release(self) -> bytes:
+        held = bytes(self.held)
+        self.held.clear()
+        return held
+
+    def _foreign_line(self) -> bytes:
+        """Erase the line being edited, print the held line, draw the edited line again."""
+        text = self._release().rstrip(b"\r\n")
+        # Without the shell's queries (ash asks where the cursor is after its prompt): asked
+        # again, the terminal would answer again, to the shell, in the middle of the command.
+        return ERASE_LINE + text + b"\r\n" + QUERY_RE.sub(b"", bytes(self.line))
+
+
+def escape_state(state: int, byte: int) -> int:
+    """The next state of an escape sequence (1: after ESC, 2: in CSI or SS3); 0 when done."""
+    if state == 1:
+        return 2 if byte in b"[O" else 0
+    return 0 if 0x40 <= byte <= 0x7E else 2
+
+
+@contextmanager
+def raw_terminal(fd: int) -> Iterator[None]:
+    """The terminal ``fd`` in raw mode (keys, Ctrl-C included, go to the guest) until the end.
+
+    Output processing stays on, so a line QEMU writes to stderr still starts at the left.
+    """
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd, termios.TCSANOW)
+        attrs = termios.tcgetattr(fd)
+        attrs[1] |= termios.OPOST
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        yield
+    finally:
+        with suppress(termios.error):  # the terminal hung up (SIGHUP): nothing to restore
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def relay(guest_out: int, guest_in: int, term_in: int, term_out: int) -> None:
+    """Copy keys to the guest and its output to the terminal until the guest's output ends."""
+    keeper = LineKeeper()
+    with selectors.DefaultSelector() as selector:
+        selector.register(guest_out, selectors.EVENT_READ)
+        selector.register(term_in, selectors.EVENT_READ)
+        while True:
+            for key, _ in selector.select():
+                data = read_some(key.fd)
+                if key.fd == guest_out:
+                    if not data:
+                        write_all(term_out, keeper.finish())
+                        return
+                    write_all(term_out, keeper.shown(data))
+                elif not data:  # the terminal's input ended: keep showing the guest
+                    selector.unregister(term_in)
+                else:
+                    keeper.typed(data)
+                    try:
+                        write_all(guest_in, data)
+                    except BrokenPipeError:  # QEMU is going: its output ends soon
+                        selector.unregister(term_in)
+
+
+def read_some(fd: int) -> bytes:
+    """What is there to read on ``fd``; nothing at its end or when it failed (a hang-up)."""
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return b""
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # the terminal went away: QEMU is stopped on the way out
+            raise LabError(f"cannot write to the terminal: {exc.strerror}") from None
+
+
+def on_terminal() -> bool:
+    """True when both stdin and stdout are a terminal: then the console is relayed."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def run_guest(argv: Sequence[str]) -> int:
+    """Run QEMU with its serial console on this process's terminal; return its exit status.
+
+    On a terminal the console is relayed (``relay``), else QEMU gets this process's stdio.
+    QEMU is stopped (this PID) when this returns early: an exception such as a signal's.
+    """
+    sys.stdout.flush()
+    if not on_terminal():
+        qemu = subprocess.Popen(argv)
+        try:
+            return qemu.wait()
+        finally:
+            stop_process(qemu)
+    qemu = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert qemu.stdin is not None and qemu.stdout is not None
+    try:
+        with raw_terminal(sys.stdin.fileno()):
+            relay(qemu.stdout.fileno(), qemu.stdin.fileno(), sys.stdin.fileno(),
+                  sys.stdout.fileno())
+        return qemu.wait()
+    finally:
+        stop_process(qemu)
+        qemu.stdin.close()
+        qemu.stdout.close()

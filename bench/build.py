@@ -14,7 +14,8 @@ Definitions:
   .debs, the signed indexes and the pointers to them): the Packages index parsed, every
   package unpacked (the kernel's modules left packed), every layer compressed;
 - cold, downloads and layers cached: the same with the compressed initramfs layers kept too,
-  so what is left is parsing the index and unpacking the packages (the figure #20 aims at);
+  so what is left is parsing the index, unpacking the packages and listing them for the
+  checks before the build (the figure #20 aims at);
 - warm: the cache filled by earlier builds, the recipe edited (its version, so
   /etc/machine.conf and /etc/os-release change): the tree is assembled again, the layers whose
   archive changed are compressed (here the small "files" layer), and every image is made;
@@ -55,8 +56,9 @@ def downloads_only(cache: Path, dest: Path, layers: bool) -> Path:
     (dest / "indexes").mkdir()
     for pointer in (cache / "indexes").glob("*.json"):
         shutil.copy2(pointer, dest / "indexes" / pointer.name)
-    if layers:
-        shutil.copytree(cache / "derived", dest / "derived", copy_function=os.link)
+    if layers:  # not the package listings and check records: unpacking and checking make them
+        shutil.copytree(cache / "derived", dest / "derived", copy_function=os.link,
+                        ignore=shutil.ignore_patterns("contents", "checks"))
     return dest
 
 
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--downloads", type=Path, default=None,
                         help="take the downloads from this cache instead of a cold run")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ob-bench-") as tmp:
         work, cache = Path(tmp) / "work", Path(tmp) / "cache"
         shutil.copytree(ROOT / "recipes", work / "recipes")
@@ -110,7 +113,8 @@ def main() -> None:
                  ("no-op rebuild", noop)]
         (image,) = (work / "out").glob("*-r*")
         manifest = json.loads((image / "manifest.json").read_text())
-    print(f"recipe {args.recipe}, {os.cpu_count()} CPUs, median of {args.runs} runs\n")
+    print(f"recipe {args.recipe}, {os.cpu_count()} CPUs, median of {args.runs} runs, load "
+          f"average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after\n")
     print(f"| {'case':<36} | {'seconds':>8} |")
     print(f"|{'-' * 38}|{'-' * 10}|")
     for name, values in rows:

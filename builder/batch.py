@@ -17,10 +17,10 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.build import BuildOptions, build_platform, relock_command
+from builder.build import BuildOptions, build_platform, make_resolver
 from builder.components.cache import Cache
 from builder.errors import BuildError, RecipeError
-from builder.preflight import check_archive, check_files
+from builder.preflight import check_files, check_packages
 from builder.progress import plain_step
 from builder.recipe.load import load_recipe
 from builder.recipe.search import RecipePath
@@ -66,13 +66,15 @@ def build_job(job: Job) -> Outcome:
         recipe, merged = load_recipe(job.recipe_file, job.search)
         platform = recipe.platform_string
         cache = Cache(job.cache_root, offline=job.offline)
-        # Every check before any work (builder.preflight): files first, then packages.
-        if (problems := check_files(recipe, merged)) or (problems := check_archive(
-                recipe, merged, cache, job.options.mirror, job.options.lock,
-                relock_command(job.recipe_file, job.options.lock_path))):
+        # Every check before any work (builder.preflight): files first, then packages,
+        # through the resolver the build then uses (the index read once).
+        if problems := check_files(recipe, merged):
+            raise RecipeError(problems)
+        resolver = make_resolver(recipe, job.recipe_file, job.options, cache)
+        if problems := check_packages(resolver, merged):
             raise RecipeError(problems)
         result = build_platform(recipe, merged.files, job.options, cache,
-                                step=plain_step)
+                                step=plain_step, resolver=resolver)
         return Outcome(job.recipe_file, platform, time.monotonic() - start, result=result)
     except BuildError as exc:
         return Outcome(job.recipe_file, platform, time.monotonic() - start,

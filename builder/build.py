@@ -17,7 +17,7 @@ from typing import Any
 from builder import __version__
 from builder.components.cache import Cache, sha256_file, touch, write_atomic
 from builder.components.lock import DEFAULT_LOCK, Lock
-from builder.components.resolve import Resolution, Resolver, find_apt_sources
+from builder.components.resolve import Archives, Resolution, Resolver, find_apt_sources
 from builder.images import image_inputs, make_images
 from builder.images.context import ImageContext
 from builder.initramfs import facts, ssh, transports
@@ -56,14 +56,15 @@ class BuildOptions:
 
 
 def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptions,
-                   cache: Cache, step: Step = plain_step) -> BuildResult:
-    """Build one platform into ``out/<platform>/``; the previous output survives any failure."""
+                   cache: Cache, step: Step = plain_step,
+                   resolver: Resolver | None = None) -> BuildResult:
+    """Build one platform into ``out/<platform>/``; the previous output survives any failure.
+    ``resolver`` is the one the checks before the build used (``make_resolver``), if any."""
     start = time.monotonic()
     platform = recipe.platform_string
     final = options.out_dir / platform
     step(Phase.RESOLVE, f"{platform}: resolving components")
-    resolver = Resolver(recipe, cache, find_apt_sources(recipe, options.mirror), options.lock,
-                        relock=relock_command(recipe_files[-1], options.lock_path))
+    resolver = resolver or make_resolver(recipe, recipe_files[-1], options, cache)
     resolution = resolver.resolve()
     files = snapshot(input_paths(recipe, recipe_files, options))  # before reading: edits rebuild
     digest = resolution_digest(resolution)
@@ -112,6 +113,14 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
     step(Phase.DONE, f"{platform}: wrote {final}")
     return BuildResult(platform, final, outputs, False, time.monotonic() - start,
                        tuple((s.name, s.compressed) for s in sizes))
+
+
+def make_resolver(recipe: Recipe, recipe_file: Path, options: BuildOptions, cache: Cache,
+                  archives: Archives | None = None) -> Resolver:
+    """The resolver a build of ``recipe`` uses, for the checks before it too; ``archives``
+    shares the archives (their loaded indexes) between the platforms of one run."""
+    return Resolver(recipe, cache, find_apt_sources(recipe, options.mirror), options.lock,
+                    relock=relock_command(recipe_file, options.lock_path), archives=archives)
 
 
 def make_staging(out_dir: Path, platform: str) -> Path:

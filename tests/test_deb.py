@@ -10,6 +10,7 @@ import shutil
 import stat
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,8 +143,9 @@ def test_unpack_deb_lost_race(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     final = cache.root / "unpacked" / sha256_file(deb)
     extract = debmod.extract_tar
 
-    def extract_then_lose(tar: tarfile.TarFile, root: Path, path: Path) -> None:
-        extract(tar, root, path)
+    def extract_then_lose(tar: tarfile.TarFile, root: Path, path: Path,
+                          **options: Any) -> None:
+        extract(tar, root, path, **options)
         final.mkdir()
         (final / "theirs").write_text("")
 

@@ -80,6 +80,7 @@ def recipes_validate(ctx: click.Context, names: tuple[str, ...], lock_path: Path
     """
     from builder.build import relock_command
     from builder.components.lock import read_lock
+    from builder.components.resolve import Archives
     from builder.preflight import check_archive, untrusted
 
     paths = ([find_recipe_file(n) for n in names] if names
@@ -88,10 +89,11 @@ def recipes_validate(ctx: click.Context, names: tuple[str, ...], lock_path: Path
     lock_path = pick_lock(lock_path, no_lock)
     the_lock = read_lock(lock_path) if lock_path is not None else None
     cache = make_cache(ctx, offline=offline)
+    archives: Archives = {}  # each index loaded once for every recipe
     for path, recipe, merged, files_ok in loaded:
         try:
             found = check_archive(recipe, merged, cache, mirror, the_lock,
-                                  relock_command(path, lock_path))
+                                  relock_command(path, lock_path), archives)
         except BuildError as exc:  # the mirror, the cache or --offline: not the recipe's fault
             if not problems:
                 raise
@@ -217,9 +219,10 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
                             tuple((str(n), int(s)) for n, s in r.get("sizes", [])))
                 for r in fresh if r], as_json, paths)
         return
-    from builder.build import BuildOptions, build_platform, relock_command
+    from builder.build import BuildOptions, build_platform, make_resolver
     from builder.components.lock import read_lock
-    from builder.preflight import check_archive
+    from builder.components.resolve import Archives
+    from builder.preflight import check_packages
 
     # Every check before any work: the recipes and the files they name (no download), then
     # their packages, modules and binaries (through the cache), for every recipe named.
@@ -231,17 +234,20 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
     results = []
     with Progress() as progress:
         cache = make_cache(ctx, offline=offline, progress=progress)
-        for path, recipe, merged, _ in loaded:
-            problems += check_archive(recipe, merged, cache, mirror, the_lock,
-                                      relock_command(path, lock_path))
-        if problems:
-            raise RecipeError(problems)
-        for epoch, (_, recipe, merged, _) in zip(epochs, loaded, strict=True):
+        archives: Archives = {}  # each index loaded once, for the checks and the builds
+        builds = []
+        for epoch, (path, recipe, merged, _) in zip(epochs, loaded, strict=True):
             options = BuildOptions(out_dir=out_dir, source_date_epoch=epoch, lock=the_lock,
                                    lock_path=lock_path, mirror=mirror, force=force,
                                    images=not no_images)
+            resolver = make_resolver(recipe, path, options, cache, archives)
+            problems += check_packages(resolver, merged)
+            builds.append((recipe, merged, options, resolver))
+        if problems:
+            raise RecipeError(problems)
+        for recipe, merged, options, resolver in builds:
             results.append(build_platform(recipe, merged.files, options, cache,
-                                          step=progress.step))
+                                          step=progress.step, resolver=resolver))
     report(results, as_json, paths)
 
 

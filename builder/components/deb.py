@@ -39,8 +39,7 @@ def unpack_deb(deb: Path, cache: Cache, name: str = "") -> Path:
     such files are in ``<sha256>.modes.json`` beside it (``unpacked.package_mode``). ``name``
     (the package's) is what progress shows while it unpacks."""
     # A .deb from Cache.fetch is named by its digest; trusting that name keeps a hit free.
-    cached = bool(re.fullmatch(r"[0-9a-f]{64}", deb.name)) and deb == cache.blob_path(deb.name)
-    digest = deb.name if cached else sha256_file(deb)
+    digest = deb_digest(deb, cache)
     # Not trees/: those kept special bits (before issue #23) and have no modes file.
     tree = cache.root / "unpacked" / digest
     if tree.is_dir():
@@ -51,10 +50,12 @@ def unpack_deb(deb: Path, cache: Cache, name: str = "") -> Path:
     tree.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=tree.parent, prefix=f".{digest}."))
     try:
+        listing: dict[str, str] = {}
         with data_tar(deb) as tar:
-            dropped = extract_tar(tar, tmp, deb)
+            dropped = extract_tar(tar, tmp, deb, listing=listing)
         if dropped:  # written first: a tree in place always has its modes file
             write_atomic(modes_file(tree), json.dumps(dropped, sort_keys=True).encode())
+        save_contents(cache, digest, listing)  # what list_contents would read again
         os.replace(tmp, tree)
         touch(tree)  # not the package's date: the time it was last used
     except OSError as exc:
@@ -69,31 +70,61 @@ def unpack_deb(deb: Path, cache: Cache, name: str = "") -> Path:
 CONTENTS_FORMAT = 1
 
 
-def list_contents(deb: Path, cache: Cache) -> dict[str, str]:
-    """What ``dpkg --contents`` shows of ``deb``, read from the data.tar member names without
-    writing a file: each path (no leading ``./``) to ``"d"`` (folder), ``"f"`` (file, hard
-    links too) or ``"l:TARGET"`` (symlink). Kept in the cache by the package's digest."""
-    cached = bool(re.fullmatch(r"[0-9a-f]{64}", deb.name)) and deb == cache.blob_path(deb.name)
-    digest = deb.name if cached else sha256_file(deb)
-    saved = cache.root / "derived" / "contents" / f"{digest}.v{CONTENTS_FORMAT}.json"
-    if saved.is_file():
-        try:
-            found: dict[str, str] = json.loads(saved.read_bytes())
+def list_contents(deb: Path, cache: Cache, unpack: bool = False) -> dict[str, str]:
+    """What ``dpkg --contents`` shows of ``deb``, read from the data.tar member names: each
+    path (no leading ``./``) to ``"d"`` (folder), ``"f"`` (file, hard links too) or
+    ``"l:TARGET"`` (symlink). Kept in the cache by the package's digest, and written there
+    by ``unpack_deb`` too, so a package is decompressed once for both. With ``unpack``, a
+    cache blob not listed yet is unpacked (``unpack_deb``, which a build does anyway) and
+    listed on the way, instead of read once for the listing and again for the build."""
+    digest = deb_digest(deb, cache)
+    if (found := cached_contents(cache, digest)) is not None:
+        return found
+    if unpack and deb == cache.blob_path(digest) \
+            and not (cache.root / "unpacked" / digest).is_dir():
+        unpack_deb(deb, cache)
+        if (found := cached_contents(cache, digest)) is not None:
             return found
-        except ValueError:
-            pass  # a damaged copy: read the package again
     entries: dict[str, str] = {}
     with data_tar(deb) as tar:
         for member in tar:
-            rel = _member_path(member.name, deb)
-            if member.isdir():
-                entries[rel] = "d"
-            elif member.issym():
-                entries[rel] = f"l:{member.linkname}"
-            elif member.isreg() or member.islnk():
-                entries[rel] = "f"
-    write_atomic(saved, json.dumps(entries, sort_keys=True).encode())
+            _list_member(_member_path(member.name, deb), member, entries)
+    save_contents(cache, digest, entries)
     return entries
+
+
+def deb_digest(deb: Path, cache: Cache) -> str:
+    """The sha256 of ``deb``: a blob of ``cache`` is named by it, any other file is read."""
+    cached = bool(re.fullmatch(r"[0-9a-f]{64}", deb.name)) and deb == cache.blob_path(deb.name)
+    return deb.name if cached else sha256_file(deb)
+
+
+def _contents_file(cache: Cache, digest: str) -> Path:
+    return cache.root / "derived" / "contents" / f"{digest}.v{CONTENTS_FORMAT}.json"
+
+
+def cached_contents(cache: Cache, digest: str) -> dict[str, str] | None:
+    """The listing of the package ``digest`` kept in the cache, if any (and readable)."""
+    saved = _contents_file(cache, digest)
+    try:
+        found: dict[str, str] = json.loads(saved.read_bytes())
+    except (OSError, ValueError):  # none yet, or a damaged copy: read the package again
+        return None
+    return found
+
+
+def save_contents(cache: Cache, digest: str, entries: dict[str, str]) -> None:
+    """Keep the listing of the package ``digest`` (as ``list_contents`` returns it)."""
+    write_atomic(_contents_file(cache, digest), json.dumps(entries, sort_keys=True).encode())
+
+
+def _list_member(rel: str, member: tarfile.TarInfo, entries: dict[str, str]) -> None:
+    if member.isdir():
+        entries[rel] = "d"
+    elif member.issym():
+        entries[rel] = f"l:{member.linkname}"
+    elif member.isreg() or member.islnk():
+        entries[rel] = "f"
 
 
 def read_control(deb: Path) -> dict[str, str]:
@@ -177,11 +208,13 @@ Keep = Callable[[str, tarfile.TarInfo], bool]
 
 
 def extract_tar(tar: tarfile.TarFile, root: Path, deb: Path, keep: Keep | None = None,
-             wrote: Callable[[str, Path], None] | None = None) -> dict[str, int]:
+                wrote: Callable[[str, Path], None] | None = None,
+                listing: dict[str, str] | None = None) -> dict[str, int]:
     """Write every member under ``root``: files, dirs, symlinks, hard links; no device nodes;
     with ``keep``, only the members it keeps (it sees each first), and ``wrote`` hears of each
-    regular file written. Returns the modes whose special or world-writable bits were not
-    written, by path."""
+    regular file written; ``listing`` gets every member, kept or not, as ``list_contents``
+    lists it. Returns the modes whose special or world-writable bits were not written, by
+    path."""
     dropped: dict[str, int] = {}
     symlinks: set[str] = set()
     dirs: list[tuple[Path, tarfile.TarInfo]] = []
@@ -189,6 +222,8 @@ def extract_tar(tar: tarfile.TarFile, root: Path, deb: Path, keep: Keep | None =
     for member in tar:
         rel = _member_path(member.name, deb)
         _check_parents(rel, member.name, symlinks, deb)
+        if listing is not None:
+            _list_member(rel, member, listing)
         if keep is not None and not keep(rel, member):
             continue
         dest = root / rel if rel else root

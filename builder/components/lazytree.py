@@ -24,7 +24,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from builder.components.cache import Cache, touch, write_atomic
-from builder.components.deb import data_tar, extract_tar, find_member, remove_tree
+from builder.components.deb import (
+    cached_contents,
+    data_tar,
+    extract_tar,
+    find_member,
+    list_contents,
+    remove_tree,
+    save_contents,
+)
 from builder.components.unpacked import modes_file
 from builder.components.xzblocks import Block, read_blocks, read_range
 from builder.errors import BuildError
@@ -51,10 +59,13 @@ def unpack_kernel(deb: Path, cache: Cache, wanted: Iterable[str]) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=tree.parent, prefix=f".{digest}."))
     try:
         choice = _Choice({_name(w) for w in wanted}, tmp)
+        contents: dict[str, str] = {}
         with data_tar(deb) as tar:
             choice.tar = tar
-            dropped = extract_tar(tar, tmp, deb, keep=choice.keep, wrote=choice.wrote)
+            dropped = extract_tar(tar, tmp, deb, keep=choice.keep, wrote=choice.wrote,
+                                  listing=contents)
         late = choice.finish()
+        save_contents(cache, digest, contents)  # the same pass lists it (kernel_contents)
         if dropped:
             write_atomic(modes_file(tree), json.dumps(dropped, sort_keys=True).encode())
         listing = {"format": FORMAT, "members": choice.skipped}
@@ -69,6 +80,17 @@ def unpack_kernel(deb: Path, cache: Cache, wanted: Iterable[str]) -> Path:
     for rel in late:  # needed, but gone by: from the blocks that hold them, in archive order
         ensure(tree / rel)
     return tree
+
+
+def kernel_contents(deb: Path, cache: Cache, wanted: Iterable[str]) -> dict[str, str]:
+    """``list_contents`` of kernel package ``deb``. A cache blob not listed yet is unpacked
+    lazily first (``unpack_kernel``, the build's own step), whose one decompression lists it
+    too: the package is read once for the checks before a build and for the build."""
+    if deb == cache.blob_path(deb.name) and cached_contents(cache, deb.name) is None \
+            and not (cache.root / "unpacked" / deb.name).is_dir() \
+            and not (cache.root / "unpacked" / f"{deb.name}.lazy").is_dir():
+        unpack_kernel(deb, cache, wanted)
+    return list_contents(deb, cache)
 
 
 def lazy_files(folder: Path) -> list[str]:

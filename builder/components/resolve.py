@@ -29,6 +29,8 @@ from builder.recipe.model import Recipe
 log = logging.getLogger(__name__)
 
 KERNEL_IMAGE_RE = re.compile(r"^(?:vmlinuz|vmlinux|Image)-(?P<version>.+)$")
+# The archives opened in one run, by apt sources and architecture (``Resolver.archive``).
+Archives = dict[tuple[tuple[AptSource, ...], str], Archive]
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ class Resolver:
     """Turns one recipe's sources into packages and files, from a lock or from the archive."""
 
     def __init__(self, recipe: Recipe, cache: Cache, apt_sources: list[AptSource],
-                 lock: Lock | None = None, relock: str | None = None) -> None:
+                 lock: Lock | None = None, relock: str | None = None,
+                 archives: Archives | None = None) -> None:
         self.recipe = recipe
         self.cache = cache
         self.apt_sources = apt_sources
@@ -128,17 +131,19 @@ class Resolver:
         if lock is not None and self.platform_lock is None:
             raise BuildError(f"the lock file has no entry for {recipe.platform_string}",
                              hint=f"run '{relock or 'onie-builder lock RECIPE'}'")
-        self._archive: Archive | None = None
+        self._archives: Archives = {} if archives is None else archives
         self._pins: dict[str, Pin] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._unpacks: dict[Path, Future[Path]] = {}
 
     @property
     def archive(self) -> Archive:
-        """The Debian archive, opened only when something is not pinned."""
-        if self._archive is None:
-            self._archive = Archive(self.apt_sources, self.arch, self.cache)
-        return self._archive
+        """The Debian archive, opened only when something is not pinned; one per sources and
+        architecture in ``archives``, so every resolver sharing it loads each index once."""
+        key = (tuple(self.apt_sources), self.arch)
+        if key not in self._archives:
+            self._archives[key] = Archive(self.apt_sources, self.arch, self.cache)
+        return self._archives[key]
 
     def resolve(self) -> Resolution:
         """Resolve the kernel and every initramfs component. Packages are unpacked on worker

@@ -9,10 +9,11 @@ import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from builder.components import lazytree
 from builder.components.cache import Cache
 from builder.components.lazytree import lazy_files, unpack_kernel
 from builder.components.xzblocks import read_blocks, read_range
@@ -97,3 +98,36 @@ def test_lazy_kernel_tree(kernel_blob: Path, tmp_path: Path,
 def _package_name(tree: Path) -> str:
     [boot] = [p.name for p in (tree / "boot").iterdir() if p.name.startswith("vmlinuz-")]
     return "linux-image-" + boot.removeprefix("vmlinuz-")
+
+
+@pytest.mark.network
+def test_a_build_that_loses_the_race_to_unpack_finds_its_modules(
+        kernel_blob: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two builds unpack the same kernel at once for different modules (`build -j 2` of two
+    platforms on a fresh cache). The one that renames its tree into place second keeps the
+    winner's tree and listing, and still finds and writes its own modules from it."""
+    cache = Cache(tmp_path / "cache")
+    blob = cache.blob_path(kernel_blob.name)
+    blob.parent.mkdir(parents=True)
+    os.link(kernel_blob, blob)
+    real = lazytree.extract_tar
+    raced: list[Path] = []
+    calls: list[int] = []
+
+    def extract_then_lose(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        dropped = real(*args, **kwargs)
+        if len(calls) == 1:  # the other build, for another module, finishes while this one unpacks
+            raced.append(unpack_kernel(blob, cache, ["e1000"]))
+        return dropped
+
+    monkeypatch.setattr(lazytree, "extract_tar", extract_then_lose)
+    tree = unpack_kernel(blob, cache, ["igb"])
+    assert raced == [tree]
+    [modules_dir] = (tree / "lib/modules").iterdir()
+    igb = "kernel/drivers/net/ethernet/intel/igb/igb.ko"
+    assert not (modules_dir / igb).exists()  # the winner did not need it
+    closure = find_module_closure(index_modules(modules_dir), ["igb"])
+    assert igb in {m.relpath for m in closure}
+    assert (modules_dir / igb).is_file()
+    assert [p.name for p in tree.parent.iterdir() if p.name.startswith(".")] == []

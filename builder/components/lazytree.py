@@ -1,7 +1,7 @@
 """A kernel package unpacked without its modules: ``unpacked/<sha256>.lazy/`` holds the kernel
 image, the modules.* files, the documentation and only the modules the recipe asks for (and
 those they name in ``depends=`` or ``softdep=`` that come later in the archive); every other
-module is listed in ``<sha256>.lazy.json`` with its place in the package's data.tar, and
+module is listed in the tree's ``.lazy.json`` with its place in the package's data.tar, and
 ``ensure`` writes one when a build first needs it. A Debian kernel is ~4,000 modules and
 400 MB unpacked; an initramfs needs a few dozen.
 
@@ -38,6 +38,7 @@ from builder.components.xzblocks import Block, read_blocks, read_range
 from builder.errors import BuildError
 
 FORMAT = 1
+LISTING = ".lazy.json"  # in the tree's top folder
 MODULE = re.compile(r"^(?:usr/)?lib/modules/[^/]+/.+/(?P<stem>[^/]+)\.ko$")
 
 
@@ -52,9 +53,11 @@ def unpack_kernel(deb: Path, cache: Cache, wanted: Iterable[str]) -> Path:
         touch(whole)
         return whole
     tree = whole.with_name(f"{digest}.lazy")
-    if tree.is_dir():
+    if _listing_file(tree).is_file():
         touch(tree)
         return tree
+    if tree.is_dir():  # a cache from before the listing moved inside: set aside, made anew
+        _set_aside(tree)
     tree.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=tree.parent, prefix=f".{digest}."))
     try:
@@ -69,7 +72,10 @@ def unpack_kernel(deb: Path, cache: Cache, wanted: Iterable[str]) -> Path:
         if dropped:
             write_atomic(modes_file(tree), json.dumps(dropped, sort_keys=True).encode())
         listing = {"format": FORMAT, "members": choice.skipped}
-        write_atomic(_listing_file(tree), json.dumps(listing, sort_keys=True).encode())
+        # Inside the tree, written before it is renamed into place: a tree is never seen
+        # without its listing, and a build that lost the race to unpack the same package
+        # (another process, another set of modules) cannot replace the winner's listing.
+        write_atomic(_listing_file(tmp), json.dumps(listing, sort_keys=True).encode())
         os.replace(tmp, tree)
         touch(tree)
     except OSError as exc:
@@ -91,6 +97,16 @@ def kernel_contents(deb: Path, cache: Cache, wanted: Iterable[str]) -> dict[str,
             and not (cache.root / "unpacked" / f"{deb.name}.lazy").is_dir():
         unpack_kernel(deb, cache, wanted)
     return list_contents(deb, cache)
+
+
+def _set_aside(tree: Path) -> None:
+    stale = Path(tempfile.mkdtemp(dir=tree.parent, prefix=f".{tree.name}.stale."))
+    try:
+        os.replace(tree, stale / "tree")
+        tree.with_name(f"{tree.name}.json").unlink(missing_ok=True)  # its old listing
+    except OSError:
+        pass  # another build set it aside first
+    remove_tree(stale)
 
 
 def lazy_files(folder: Path) -> list[str]:
@@ -116,7 +132,7 @@ def _name(module: str) -> str:
 
 
 def _listing_file(tree: Path) -> Path:
-    return tree.with_name(f"{tree.name}.json")
+    return tree / LISTING
 
 
 class _Choice:

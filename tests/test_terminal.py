@@ -141,6 +141,23 @@ def test_finish_prints_what_was_held() -> None:
     assert keeper.finish() == b"onie-discovery: cut\r\n"
 
 
+def test_qemus_own_lines_go_above_the_line_being_typed() -> None:
+    keeper = LineKeeper()
+    shown = keeper.shown(PROMPT)
+    keeper.typed(b"ls")
+    shown += keeper.shown(b"ls")
+    warning = b"qemu-system-x86_64: warning: TCG doesn't support requested feature\n"
+    assert keeper.aside(warning[:20]) == b""  # a part waits for the rest of its line
+    redraw = keeper.aside(warning[20:])
+    assert redraw == ERASE_LINE + warning.rstrip() + b"\r\n" + PROMPT + b"ls"
+    shown += redraw
+    keeper.typed(b"\r")
+    shown += keeper.shown(b"\r\n")
+    assert screen(shown) == [warning.decode().strip(), "ONIE:/ # ls", ""]
+    assert keeper.aside(b"qemu: terminating on signal 15") == b""
+    assert keeper.finish() == b"qemu: terminating on signal 15\r\n"
+
+
 # --- the relay under a pty, with a stand-in guest --------------------------------------------
 
 GUEST = r"""
@@ -158,6 +175,9 @@ while True:
     os.write(1, key)
     if len(typed) == 3:
         os.write(1, b"onie-discovery: round 2 uptime=12.34\r\n")
+    if len(typed) == 2 and len(sys.argv) > 1:  # as QEMU: a message on its own stderr
+        os.write(2, b"qemu-system-x86_64: warning: ")
+        os.write(2, b"host lacks a feature\n")
 """
 
 RELAY = r"""
@@ -185,6 +205,21 @@ def test_relay_keeps_the_typed_line_and_restores_the_terminal() -> None:
         assert screen(term.output)[:3] == [
             "onie-discovery: round 2 uptime=12.34", "ONIE:/ # abcd", "ran abcd"]
         assert termios.tcgetattr(term.slave) == term.saved  # cooked mode again
+
+
+def test_relay_puts_qemus_stderr_above_the_typed_line() -> None:
+    with Pty([sys.executable, "-c", RELAY, sys.executable, "-c", GUEST, "warn"]) as term:
+        term.expect(re.escape(PROMPT))
+        term.send(b"ab")
+        term.expect(rb"host lacks a feature\r\r?\n" + re.escape(PROMPT + b"ab"))
+        term.send(b"c")
+        term.expect(rb"round 2 uptime=12\.34\r\r?\n" + re.escape(PROMPT + b"abc"))
+        term.send(b"\r")
+        term.expect(rb"guest exit 3\r?\n")
+        assert term.proc.wait(20) == 3
+        assert screen(term.output)[:4] == [
+            "qemu-system-x86_64: warning: host lacks a feature",
+            "onie-discovery: round 2 uptime=12.34", "ONIE:/ # abc", "ran abc"]
 
 
 def test_relay_restores_the_terminal_when_told_to_stop() -> None:

@@ -69,6 +69,7 @@ class LineKeeper:
         self._key_escape = 0  # inside a typed escape sequence (arrow keys): 1 after ESC, 2 in CSI
         self._answering_before = False  # ``answering`` before that sequence
         self._guest_escape = 0  # inside an escape sequence from the guest (same states)
+        self.aside_part = bytearray()  # QEMU's own message (stderr), held until its newline
 
     def typed(self, data: bytes) -> None:
         """Note keys the user sent to the guest."""
@@ -130,10 +131,30 @@ class LineKeeper:
                 self._show(bytes((byte,)), out)
         return bytes(out)
 
+    def aside(self, data: bytes) -> bytes:
+        """What the terminal should print for ``data``, QEMU's own output (its stderr: a
+        warning, an error): each whole line above the guest's current line, which is drawn
+        again below it; a part of a line waits for the rest."""
+        self.aside_part += data
+        end = self.aside_part.rfind(b"\n")
+        if end < 0:
+            if len(self.aside_part) <= MAX_LINE:
+                return b""
+            end = len(self.aside_part) - 1  # no line: shown as it is
+        lines = bytes(self.aside_part[:end + 1])
+        del self.aside_part[:end + 1]
+        text = b"\r\n".join(line.rstrip(b"\r") for line in lines.rstrip(b"\n").split(b"\n"))
+        return ERASE_LINE + text + b"\r\n" + QUERY_RE.sub(b"", bytes(self.line))
+
     def finish(self) -> bytes:
-        """What is left to print when the guest is gone: held text and a final newline."""
+        """What is left to print when the guest is gone: held text and a final newline, and
+        QEMU's last message if it had no newline."""
         rest = self._release()
-        return rest + b"\r\n" if rest or self.line else rest
+        out = rest + b"\r\n" if rest or self.line else rest
+        if self.aside_part:
+            out += bytes(self.aside_part).rstrip(b"\r") + b"\r\n"
+            self.aside_part.clear()
+        return out
 
     def _show(self, data: bytes, out: bytearray) -> None:
         out += data
@@ -197,17 +218,29 @@ def raw_terminal(fd: int) -> Iterator[None]:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def relay(guest_out: int, guest_in: int, term_in: int, term_out: int) -> None:
-    """Copy keys to the guest and its output to the terminal until the guest's output ends."""
+def relay(guest_out: int, guest_in: int, term_in: int, term_out: int,
+          qemu_err: int | None = None) -> None:
+    """Copy keys to the guest and its output to the terminal until the guest's output ends;
+    QEMU's own messages (``qemu_err``) go above the guest's current line."""
     keeper = LineKeeper()
     with selectors.DefaultSelector() as selector:
         selector.register(guest_out, selectors.EVENT_READ)
         selector.register(term_in, selectors.EVENT_READ)
+        if qemu_err is not None:
+            selector.register(qemu_err, selectors.EVENT_READ)
         while True:
             for key, _ in selector.select():
                 data = read_some(key.fd)
-                if key.fd == guest_out:
+                if key.fd == qemu_err:
+                    if data:
+                        write_all(term_out, keeper.aside(data))
+                    else:
+                        selector.unregister(qemu_err)
+                elif key.fd == guest_out:
                     if not data:
+                        if qemu_err is not None and qemu_err in selector.get_map():
+                            # what QEMU says as it exits, after its console closed
+                            write_all(term_out, keeper.aside(read_rest(qemu_err)))
                         write_all(term_out, keeper.finish())
                         return
                     write_all(term_out, keeper.shown(data))
@@ -227,6 +260,14 @@ def read_some(fd: int) -> bytes:
         return os.read(fd, 4096)
     except OSError:
         return b""
+
+
+def read_rest(fd: int) -> bytes:
+    """Everything left on pipe ``fd`` until its writer closes it."""
+    out = bytearray()
+    while data := read_some(fd):
+        out += data
+    return bytes(out)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -258,14 +299,16 @@ def run_guest(argv: Sequence[str]) -> int:
             return qemu.wait()
         finally:
             stop_process(qemu)
-    qemu = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert qemu.stdin is not None and qemu.stdout is not None
+    qemu = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert qemu.stdin is not None and qemu.stdout is not None and qemu.stderr is not None
     try:
         with raw_terminal(sys.stdin.fileno()):
             relay(qemu.stdout.fileno(), qemu.stdin.fileno(), sys.stdin.fileno(),
-                  sys.stdout.fileno())
+                  sys.stdout.fileno(), qemu.stderr.fileno())
         return qemu.wait()
     finally:
         stop_process(qemu)
         qemu.stdin.close()
         qemu.stdout.close()
+        qemu.stderr.close()

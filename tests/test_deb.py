@@ -235,3 +235,15 @@ def test_unpack_corrupt_data(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match=r"bad\.deb: corrupt data\.tar\.xz: "):
         unpack_deb(deb, cache)
     assert list((cache.root / "unpacked").iterdir()) == []
+
+
+def test_a_kept_listing_read_again_is_marked_used(tmp_path: Path) -> None:
+    """`cache prune` removes the least recently used entries first: a package listing that a
+    build reads must count as used, or a size bound would drop it before idle ones."""
+    cache = Cache(tmp_path / "cache")
+    digest = "ab" * 32
+    debmod.save_contents(cache, digest, {"usr/bin/x": "f"})
+    [saved] = (tmp_path / "cache").rglob(f"*{digest}*")
+    os.utime(saved, (1_000_000, 1_000_000))
+    assert debmod.cached_contents(cache, digest) == {"usr/bin/x": "f"}
+    assert saved.stat().st_mtime > 1_000_000

@@ -110,6 +110,7 @@ def cached_contents(cache: Cache, digest: str) -> dict[str, str] | None:
         found: dict[str, str] = json.loads(saved.read_bytes())
     except (OSError, ValueError):  # none yet, or a damaged copy: read the package again
         return None
+    touch(saved)  # used: `cache prune` removes the least recently used first
     return found
 
 

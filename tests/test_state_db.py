@@ -189,3 +189,42 @@ def test_device_json_has_the_interface_fields() -> None:
     assert {"key", "name", "listed", "serial", "mac", "platform", "address", "state", "percent",
             "reason", "first_seen", "last_seen"} <= set(out)
     assert (out["state"], out["first_seen"], out["percent"]) == ("waiting", None, None)
+
+
+def test_download_progress_is_written_every_few_seconds_not_per_chunk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from builder.factory import status
+
+    monkeypatch.setattr(status, "PROGRESS_SECONDS", 3600.0)  # however slow this machine is
+    store = StatusStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        device = store.find(Identity(serial="SN-2"), listed=True)
+        assert device is not None
+        store.start_download(device, "nos.bin", 4096 * 1000, 0)
+        for _ in range(500):
+            store.add_bytes(device, 4096)
+        # Not written yet, but shown: this server's running download is laid over the row.
+        running = store.history("SN-2")
+        assert running is not None
+        assert (running["device"]["state"], running["device"]["percent"]) == ("downloading", 50)
+        assert running["device"]["bytes_sent"] == 4096 * 500
+        for _ in range(500):
+            store.add_bytes(device, 4096)
+        store.finish_download(device, complete=True)
+        done = store.history("SN-2")
+        assert done is not None
+        downloads = [(e["result"], e["bytes"]) for e in done["events"] if e["kind"] == "download"]
+        assert downloads == [("running", 0), ("ok", 4096 * 1000)]  # 1,000 chunks, 2 events
+        assert done["device"]["bytes_sent"] == 4096 * 1000 and done["device"]["downloads"] == 1
+        # Past PROGRESS_SECONDS, the next chunk writes a progress event.
+        monkeypatch.setattr(status, "PROGRESS_SECONDS", 0.0)
+        store.start_download(device, "nos.bin", 4096 * 1000, 0)
+        store.add_bytes(device, 4096)
+        store.add_bytes(device, 4096)
+        again = store.history("SN-2")
+        assert again is not None
+        assert [(e["result"], e["bytes"]) for e in again["events"][-3:]] == [
+            ("running", 0), ("running", 4096), ("running", 8192)]
+        store.finish_download(device, complete=False)
+    finally:
+        store.close()

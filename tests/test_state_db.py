@@ -4,6 +4,7 @@ version upgraded with its rows kept)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,31 @@ def test_download_progress_is_written_every_few_seconds_not_per_chunk(
         store.finish_download(device, complete=False)
     finally:
         store.close()
+
+
+def test_one_bad_journal_operation_loses_only_itself(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from sqlalchemy import Connection
+
+    from builder.factory.db.journal import Journal
+
+    db = Database(f"sqlite:///{tmp_path / 'state.db'}")
+    migrate.upgrade(db)
+    journal = Journal(db)
+
+    def good(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO keys VALUES ('A', 'A', NULL, 'K', 'disk', 1, 1.0)"))
+
+    def bad(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO nowhere VALUES (1)"))
+
+    try:
+        journal.put(bad)
+        journal.put(good)  # in the same batch or the next: written either way
+        assert journal.sync()
+        with db.read() as conn:
+            assert conn.execute(text("SELECT device FROM keys")).scalars().all() == ["A"]
+        assert re.search(r"1 of [12] server events not written: no such table", caplog.text)
+    finally:
+        journal.close()
+        db.close()

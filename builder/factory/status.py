@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Connection, make_url, text
@@ -280,7 +281,7 @@ class StatusStore:
 
     # --- devices' reports: in the transaction of builder.factory.reports ---------------------
 
-    def atomic(self) -> Any:
+    def atomic(self) -> AbstractContextManager[Connection]:
         """One transaction for a report and its registry change (``Database.atomic``)."""
         return self.db.atomic()
 

@@ -165,9 +165,9 @@ async def load(base: str, devices: int, size: int, digest: str, deadline: float)
         elapsed = time.perf_counter() - started
         async with session.get(f"{base}/status.json") as response:
             snapshot = await response.json()
-    done = sum(1 for d in snapshot["devices"] if d["state"] == "done")
+    done = sum(1 for d in snapshot["devices"] if d["state"] == "installed")
     if done != devices:
-        results.errors.append(f"server shows {done} of {devices} devices done")
+        results.errors.append(f"server shows {done} of {devices} devices installed")
     return results, elapsed
 
 

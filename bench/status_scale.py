@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Scale of the device table (issue #23): 100,000 made-up identities through the request
-handler's identity path, 10,000 signed first reports, /status.json pages over them. In-process,
-no network.
+handler's identity path, 10,000 signed first reports (each committed to the SQLite state
+database before the next), /status.json pages over them. In-process, no network.
 
     python bench/status_scale.py
 """
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from builder.factory.registry import FileRegistry
+from builder.factory.registry import DbRegistry
 from builder.factory.reports import accept_report
 from builder.factory.serve import Provisioner, tracked_device
 from builder.factory.sitefile import load_site
@@ -28,16 +28,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="status-scale-") as tmp:
         folder = Path(tmp)
         site, _ = load_site(write_site(folder))
-        store = StatusStore(64)
-        provisioner = Provisioner(site, folder, store)
-        registry = FileRegistry()
+        store = StatusStore.open(f"sqlite:///{folder / 'state.db'}")  # SQLite, synchronous=FULL
+        registry = DbRegistry(store.db)
+        provisioner = Provisioner(site, folder, store, registry)
         started = time.perf_counter()
         for n in range(100_000):
             who = identity_from_headers({"ONIE-SERIAL-NUMBER": f"M{n}", "ONIE-ARCH": "x86_64",
                                          "ONIE-MACHINE": "qemu_x86_64"}, "192.0.2.1")
             store.note_request(tracked_device(provisioner, who, waterfall=True), "/onie-installer")
         print(f"100000 made-up identities: {time.perf_counter() - started:.2f} s, "
-              f"records {len(store.devices)}")
+              f"records {store.snapshot()['total']}")
         devices = [SimDevice(f"R{n:05d}") for n in range(10_000)]
         started = time.perf_counter()
         for device in devices:
@@ -49,6 +49,7 @@ def main() -> None:
             took = time.perf_counter() - started
             print(f"status.json page of {limit} with 10000 devices: {took * 1000:.0f} ms, "
                   f"{len(text)} bytes")
+        store.close()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
+from builder.factory.db.engine import default_url
 from builder.factory.identity import AUTH_SCHEME
 from builder.factory.listener import Server
 from builder.factory.site import Site
@@ -200,8 +201,10 @@ class Running:
 
 @contextmanager
 def running(site_path: Path, out_dir: Path, **kwargs: object) -> Iterator[Running]:
-    """Serve ``site_path`` on 127.0.0.1 with free ports for the duration of the block."""
+    """Serve ``site_path`` on 127.0.0.1 with free ports for the duration of the block; the
+    state database is the default one beside the site file unless ``database=`` says."""
     site: Site = load_site(site_path)[0]
+    kwargs.setdefault("database", default_url(site_path))
     server = Server(site, out_dir, listen=["127.0.0.1"], http_port=0,
                     https_port=0 if site.tls else None, **kwargs)  # type: ignore[arg-type]
     handle = Running(server).start()
@@ -209,3 +212,4 @@ def running(site_path: Path, out_dir: Path, **kwargs: object) -> Iterator[Runnin
         yield handle
     finally:
         handle.stop()
+        server.close()

@@ -206,7 +206,7 @@ def test_status_reports_are_recorded(server: Running) -> None:
     answer = post(server, *device.report("done", "ok", b"installed\n", message="NOS installed"))
     assert answer.json() == {"device": "SN-REPORT", "phase": "done", "result": "ok"}
     state = device_state(server, "SN-REPORT")
-    assert state["state"] == "done" and state["mac"] == "52:54:00:00:00:99"
+    assert state["state"] == "installed" and state["mac"] == "52:54:00:00:00:99"
     assert state["message"] == "NOS installed" and state["counter"] == 2
     assert state["keystore"] == "disk" and str(state["fingerprint"]).startswith("sha256:")
     assert state["log"] == ("x" * 100 + "\nlast line\ninstalled\n")[-64:]  # log_tail: 64
@@ -241,11 +241,10 @@ def test_https_with_the_site_ca(tmp_path: Path) -> None:
 
 def test_cli_serve_and_status(tmp_path: Path) -> None:
     site = write_site(tmp_path)
-    record = tmp_path / "events.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "builder", "serve", "--site", str(site), "--out", str(tmp_path),
-         "--listen", "127.0.0.1", "--http-port", "0", "--record", str(record)],
+         "--listen", "127.0.0.1", "--http-port", "0"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -258,11 +257,17 @@ def test_cli_serve_and_status(tmp_path: Path) -> None:
                              headers={"Authorization": auth}).ok
         out = run_cli("status", "--json", base)
         data = check_envelope(out.stdout, "status", True)
-        assert [d["key"] for d in data["devices"]] == ["SN-CLI"]
+        # The site's two devices (never seen: waiting) and the one that reported.
+        states = {d["key"]: d["state"] for d in data["devices"]}
+        assert states == {"SN-CLI": "installed", "SN-SPECIAL": "waiting",
+                          "52:54:00:aa:bb:cc": "waiting"}
         table = run_cli("status", base).stdout
-        assert re.search(r"^SN-CLI\s+.*\bdone\b", table, re.M), table
-        events = [json.loads(x) for x in record.read_text().splitlines()]
-        assert events[-1]["device"] == "SN-CLI" and events[-1]["log"] == "all good\n"
+        assert re.search(r"^SN-CLI\s+.*\binstalled\b", table, re.M), table
+        # The default state database is the SQLite file beside the site file.
+        assert site.with_suffix(".db").is_file()
+        history = requests.get(f"{base}/status/SN-CLI.json", timeout=10).json()
+        assert [(e["kind"], e["phase"], e["result"]) for e in history["events"]] == [
+            ("report", "done", "ok")]
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
@@ -341,7 +346,7 @@ def test_report_status_from_busybox_reaches_the_server(server: Running, tmp_path
     for phase, result, message in (("install", "running", ""), ("done", "ok", "rc=0; $(reboot) `x`")):
         assert run_report(script, tmp_path, "SN-ASH", phase, result, url, message) == ""
     device = device_state(server, "SN-ASH")
-    assert device["state"] == "done" and device["mac"] == "52:54:00:ab:cd:ef"
+    assert device["state"] == "installed" and device["mac"] == "52:54:00:ab:cd:ef"
     assert device["platform"] == "x86_64-qemu_x86_64-r0"
     assert device["message"] == "rc=0? ?(reboot) ?x?"  # shell metacharacters made harmless
     assert str(device["log"]).endswith("installing...\nNOS installed OK\n")
@@ -386,16 +391,25 @@ def test_report_status_is_a_no_op_unless_enabled_and_http(tmp_path: Path) -> Non
     assert not (tmp_path / "ram").exists()  # no key made: reports are off
 
 
-def test_the_store_counts_unlisted_devices_past_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_store_counts_unlisted_devices_past_its_limit(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
     from builder.factory import status
 
     monkeypatch.setattr(status, "MAX_DEVICES", 3)
-    store = status.StatusStore()
-    for n in range(5):
-        store.find(status.Identity(serial=f"S{n}"))
-    assert sorted(store.devices) == ["S0", "S1", "S2"]
-    assert store.find(status.Identity(serial="LISTED"), listed=True) is not None  # always
-    again = store.find(status.Identity(serial="S1", mac="52:54:00:00:00:01"))
-    assert again is store.devices["S1"] and again.mac == "52:54:00:00:00:01"
-    assert store.find(status.Identity(mac="52:54:00:00:00:01")) is again
-    assert store.find(status.Identity(), listed=True) is None  # anonymous: never a record
+    store = status.StatusStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        for n in range(5):
+            store.find(status.Identity(serial=f"S{n}"))
+        assert [d["key"] for d in store.snapshot()["devices"]] == ["S0", "S1", "S2"]
+        assert store.find(status.Identity(serial="LISTED"), listed=True) is not None  # always
+        again = store.find(status.Identity(serial="S1", mac="52:54:00:00:00:01"))
+        assert again is not None and again.key == "S1" and again.mac == "52:54:00:00:00:01"
+        by_mac = store.find(status.Identity(mac="52:54:00:00:00:01"))
+        assert by_mac is not None and by_mac.id == again.id
+        assert store.find(status.Identity(), listed=True) is None  # anonymous: never a record
+        # A device first known by MAC takes its serial number as key when it tells it.
+        first = store.find(status.Identity(mac="52:54:00:00:00:02"), listed=True)
+        later = store.find(status.Identity(serial="S9", mac="52:54:00:00:00:02"), listed=True)
+        assert first is not None and later is not None and (first.id, later.key) == (later.id, "S9")
+    finally:
+        store.close()

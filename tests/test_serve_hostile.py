@@ -18,7 +18,8 @@ import pytest
 import requests
 
 from builder.factory import status
-from builder.factory.registry import FileRegistry
+from builder.factory.db.engine import Database
+from builder.factory.registry import Binding, DbRegistry, Raced
 from builder.factory.reports import accept_report
 from builder.factory.serve import Provisioner, tracked_device
 from builder.factory.sitefile import load_site
@@ -112,7 +113,7 @@ def swap(body: bytes, old: bytes, new: bytes) -> bytes:
     return body.replace(old, new)
 
 
-Decided = tuple[StatusStore, FileRegistry, Callable[[bytes, str | None], tuple[int, str]]]
+Decided = tuple[StatusStore, DbRegistry, Callable[[bytes, str | None], tuple[int, str]]]
 REPORTS: list[tuple[str, Callable[[SimDevice], tuple[bytes, str | None]], int, str]] = [
     # (case, how to make (body, authorization) from a fresh device, status, text)
     ("no authorization", lambda d: (good(d)[0], None), 401,
@@ -167,13 +168,15 @@ REPORTS: list[tuple[str, Callable[[SimDevice], tuple[bytes, str | None]], int, s
 @pytest.fixture
 def decide(tmp_path: Path) -> Iterator[Decided]:
     site, _ = load_site(write_site(tmp_path))
-    store, registry = StatusStore(64), FileRegistry(tmp_path / "keys.jsonl")
+    store = StatusStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    registry = DbRegistry(store.db)
 
     def call(body: bytes, auth: str | None) -> tuple[int, str]:
         outcome = accept_report(store, registry, site, body, auth, "192.0.2.7")
         return outcome.status, outcome.text
 
     yield store, registry, call
+    store.close()
 
 
 @pytest.mark.parametrize(("case", "make", "code", "text"), REPORTS, ids=[r[0] for r in REPORTS])
@@ -183,7 +186,7 @@ def test_hostile_reports(decide: Decided, case: str,
     store, registry, call = decide
     body, auth = make(SimDevice("SN-HOSTILE", "52:54:00:00:00:07"))
     assert call(body, auth) == (code, text)
-    assert store.devices == {} and len(registry) == 0
+    assert store.snapshot()["total"] == 0 and len(registry) == 0
 
 
 def test_replays_and_changed_keys(decide: Decided,
@@ -198,28 +201,49 @@ def test_replays_and_changed_keys(decide: Decided,
                                   "from SN-SPECIAL")
     old = device.body("install", "fail", counter=2)
     assert call(old, device.sign(old))[0] == 409
-    record = store.devices["SN-SPECIAL"]
-    assert record.state == "done" and record.counter == 2 and record.address == "192.0.2.7"
+    record = device_of(store, "SN-SPECIAL")
+    assert record["state"] == "installed" and record["counter"] == 2
+    assert record["address"] == "192.0.2.7"
     # Another key for the same device: a conflict, shown, not applied; the record keeps its MAC.
     impostor = SimDevice("SN-SPECIAL", "52:54:00:66:66:66")
     code, text = call(*impostor.report("done", "fail"))
     assert code == 409 and text.startswith("key conflict: SN-SPECIAL is registered with key sha256:")
-    assert record.state == "conflict" and record.result == "ok" and record.mac == "52:54:00:12:00:01"
-    assert record.conflicts[0]["result"] == "fail"
-    assert "kept on ONIE-BOOT" in record.conflicts[0]["note"]
-    # The registry outlives a restart of serve (--keys): the replay is still refused.
-    again = FileRegistry(tmp_path / "keys.jsonl")
+    record = device_of(store, "SN-SPECIAL")
+    assert record["state"] == "conflict" and record["result"] == "ok"
+    assert record["mac"] == "52:54:00:12:00:01" and record["conflicts"][0]["result"] == "fail"
+    assert "kept on ONIE-BOOT" in record["conflicts"][0]["note"]
+    assert str(record["reason"]).startswith("a report signed by another key (sha256:")
+    # The registry outlives a restart of serve (the same database): the replay is refused.
+    again = DbRegistry(Database(store.db.url))
     found = again.find("SN-SPECIAL", None)
     assert found is not None and found.counter == 2 and found.key == device.public
+    again.db.close()
 
 
-def test_the_registry_file_is_checked(tmp_path: Path) -> None:
-    from builder.errors import BuildError
+def device_of(store: StatusStore, key: str) -> dict[str, object]:
+    history = store.history(key)
+    assert history is not None, key
+    device: dict[str, object] = history["device"]
+    return device
 
-    path = tmp_path / "keys.jsonl"
-    path.write_text('{"event": "bind", "device": "x"}\n')
-    with pytest.raises(BuildError, match=r"keys.jsonl:1: not a key registry entry"):
-        FileRegistry(path)
+
+def test_two_servers_race_for_a_binding_and_a_counter(decide: Decided) -> None:
+    """The database decides: a second first registration and a counter that is no longer
+    above the stored one raise Raced (the report is then judged again)."""
+    store, registry, _call = decide
+    other = DbRegistry(Database(store.db.url))  # a second server on the same database
+    binding = Binding("SN-RACE", "SN-RACE", None, "KEY", "disk", 1, 0.0)
+    registry.register(binding)
+    with pytest.raises(Raced):
+        other.register(Binding("SN-RACE", "SN-RACE", None, "OTHER", "disk", 1, 0.0))
+    seen_first, seen_second = registry.find("SN-RACE", None), other.find("SN-RACE", None)
+    assert seen_first is not None and seen_second is not None
+    registry.advance(seen_first, 5)  # both saw counter 1 and accept counter 5: one wins
+    with pytest.raises(Raced):
+        other.advance(seen_second, 5)
+    final = other.find("SN-RACE", None)
+    assert final is not None and (final.key, final.counter) == ("KEY", 5)
+    other.db.close()
 
 
 def test_everything_served_without_credentials_forges_no_report(server: Running) -> None:
@@ -264,8 +288,8 @@ def post(server: Running, body: bytes, auth: str | None) -> tuple[int, str]:
 def test_made_up_serials_are_counted_not_stored(server: Running, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Requests with made-up serials leave no record, only a counter: 1,000 through the
-    server, 100,000 through the same identity path of its request handler; 10,000 devices
-    that report leave /status.json one page long."""
+    server, 100,000 through the same identity path of its request handler; past MAX_DEVICES
+    (made 1,000 here: each report is a synced commit) devices that report get 503."""
     before = requests.get(server.url("status.json"), timeout=10).json()
     with requests.Session() as session:
         for n in range(1000):
@@ -278,27 +302,28 @@ def test_made_up_serials_are_counted_not_stored(server: Running, tmp_path: Path,
     assert after["unknown"]["downloads"] - before["unknown"]["downloads"] == 1000
 
     site, _ = load_site(write_site(tmp_path))
-    store = StatusStore(64)
-    provisioner = Provisioner(site, tmp_path, store)
+    store = StatusStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    registry = DbRegistry(store.db)
+    provisioner = Provisioner(site, tmp_path, store, registry)
     for n in range(100_000):
         who = identity_from_headers({**QEMU, "ONIE-SERIAL-NUMBER": f"MADEUP{n:06d}",
                                      "ONIE-ETH-ADDR": mac(n)}, "192.0.2.9")
         store.note_request(tracked_device(provisioner, who, waterfall=True), "/onie-installer")
-    assert store.devices == {} and store.unknown["requests"] == 100_000
+    assert store.snapshot()["total"] == 0 and store.unknown["requests"] == 100_000
     # Signed reports from devices the site does not list: stored up to MAX_DEVICES, then 503.
-    monkeypatch.setattr(status, "MAX_DEVICES", 10_000)
-    registry = FileRegistry()
-    for n in range(10_001):
+    monkeypatch.setattr(status, "MAX_DEVICES", 1000)
+    for n in range(1001):
         sim = SimDevice(f"REPORTER{n:05d}")
         outcome = accept_report(store, registry, site, *sim.report("install", "running"), None)
-        assert outcome.status == (200 if n < 10_000 else 503), outcome.text
-    page = store.snapshot()
-    assert page["total"] == 10_000 and len(page["devices"]) == status.PAGE
+        assert outcome.status == (200 if n < 1000 else 503), outcome.text
+    page = store.snapshot(0, 100)
+    assert page["total"] == 1000 and len(page["devices"]) == 100
     assert page["devices"][0]["key"] == "REPORTER00000"
-    assert page["counts"] == {"install": 10_000}
+    assert page["counts"]["installing"] == 1000 == sum(page["counts"].values())
     assert page["unknown"] == {"requests": 100_000, "downloads": 0, "reports": 1}
-    last = store.snapshot(9_990, 50)
-    assert [d["key"] for d in last["devices"]] == [f"REPORTER{n:05d}" for n in range(9_990, 10_000)]
+    last = store.snapshot(990, 50)
+    assert [d["key"] for d in last["devices"]] == [f"REPORTER{n:05d}" for n in range(990, 1000)]
+    store.close()
 
 
 def mac(n: int) -> str:

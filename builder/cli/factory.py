@@ -62,35 +62,37 @@ def dhcp_config(names: tuple[str, ...], site_path: Path, fmt: str, family: str,
               "default: the site's server.listen).")
 @click.option("--http-port", type=int, default=None, help="Override server.http_port (0: any).")
 @click.option("--https-port", type=int, default=None, help="Override server.https_port (0: any).")
-@click.option("--record", type=click.Path(path_type=Path), default=None,
-              help="Append every status report and finished download to this JSON Lines file.")
-@click.option("--keys", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Keep the device key registry (trust on first use, last counters) in this "
-              "JSON Lines file across restarts; default: in memory.")
+@click.option("--db", "database", default=None, metavar="URL",
+              help="The state database (devices, their history, device keys): "
+              "sqlite:///PATH or postgresql://USER@HOST[:PORT]/NAME; default: the site file's "
+              "'database:', else <site-file-stem>.db beside the site file.")
 @click.option("--per-address", type=click.IntRange(0, 100_000), default=32, show_default=True,
               help="Open connections allowed from one client address (0: no cap).")
 @handle_errors
 def serve(site_path: Path, out_dir: Path, listen: tuple[str, ...], http_port: int | None,
-          https_port: int | None, record: Path | None, keys: Path | None, per_address: int) -> None:
+          https_port: int | None, database: str | None, per_address: int) -> None:
     """Serve OUT and the site's installers to ONIE devices, and collect their status.
 
     Waterfall names (`onie-installer-<platform>` ...) get the installer the site assigns to
     the asking device (by ONIE's serial number and MAC headers); Range requests resume
     downloads; devices POST reports signed with their own keys to /status (registered on
-    first contact; replays and changed keys are refused). The live status page is at /,
-    the same data for scripts at /status.json (or `onie-builder status URL --json`).
+    first contact; replays and changed keys are refused). Devices, their history and keys
+    live in the state database (--db), so a restart forgets nothing and several servers
+    may share one PostgreSQL database. The live status page is at /, the same data for
+    scripts at /status.json and /status/<key>.json (or `onie-builder status URL --json`).
     Idle connections time out and each address may hold --per-address of them.
     Stop with Ctrl-C.
     """
+    from builder.factory.db.engine import default_url, normalize_url
     from builder.factory.limits import Limits
     from builder.factory.listener import Server, run_server
     from builder.factory.sitefile import check_site_files, load_site
 
     site, _ = load_site(site_path)
     check_site_files(site)
+    url = normalize_url(database or site.database or default_url(site_path), site_path.parent)
     server = Server(site, out_dir, listen=list(listen) or None, http_port=http_port,
-                    https_port=https_port, record=record, keys=keys,
-                    limits=Limits(per_address=per_address))
+                    https_port=https_port, database=url, limits=Limits(per_address=per_address))
 
     def ready(urls: list[str]) -> None:
         click.echo(f"serving {out_dir} for site {site.name}: {' '.join(urls)}")

@@ -24,7 +24,7 @@ from builder.factory.limits import (
     install_log_limits,
     remove_log_limits,
 )
-from builder.factory.registry import FileRegistry
+from builder.factory.registry import DbRegistry
 from builder.factory.serve import Provisioner, make_app
 from builder.factory.site import Site
 from builder.factory.status import StatusStore
@@ -78,12 +78,10 @@ class Server:
 
     def __init__(self, site: Site, out_dir: Path, *, listen: list[str] | None = None,
                  http_port: int | None = None, https_port: int | None = None,
-                 record: Path | None = None, keys: Path | None = None,
-                 limits: Limits | None = None) -> None:
-        status = site.status
-        self.store = StatusStore(status.log_tail if status else 16 * 1024, record)
+                 database: str, limits: Limits | None = None) -> None:
+        self.store = StatusStore.open(database, site)
         self.limits = limits or Limits()
-        self.registry = FileRegistry(keys)
+        self.registry = DbRegistry(self.store.db)
         self.provisioner = Provisioner(site, out_dir, self.store, self.registry, self.limits)
         self.listen = listen or [str(a) for a in site.server.listen]
         self.http_port = site.server.http_port if http_port is None else http_port
@@ -129,6 +127,10 @@ class Server:
             remove_log_limits(self._limiter)
             self._limiter = None
 
+    def close(self) -> None:
+        """Write what is queued and release the database (after ``stop``)."""
+        self.store.close()
+
 
 def run_server(server: Server, ready: Callable[[list[str]], Any]) -> None:
     """Serve until SIGINT or SIGTERM (the CLI's loop); ``ready`` gets the URLs once bound."""
@@ -145,4 +147,7 @@ def run_server(server: Server, ready: Callable[[list[str]], Any]) -> None:
         finally:
             await server.stop()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        server.close()

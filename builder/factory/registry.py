@@ -1,21 +1,26 @@
 """The device key registry: which Ed25519 key speaks for which device, trust on first use, and
 the highest report counter seen from it (replays are refused).
 
-``KeyRegistry`` is the seam: ``FileRegistry`` keeps the bindings in memory and, with
-``serve --keys FILE``, appends every change to a JSON Lines file that it replays at start
-(the same storage as ``--record``). A database backend implements the same three methods.
+``KeyRegistry`` is the seam; ``DbRegistry`` keeps the bindings in the ``keys`` table of the
+state database (``builder.factory.db``), so several servers sharing one PostgreSQL database
+share trust on first use and replay protection. The database decides races: a first
+registration is an INSERT under a primary key, a counter moves only up
+(``UPDATE ... WHERE counter < :new``); the loser of a race gets ``Raced`` and the caller judges
+the report again in a new transaction.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Protocol
 
-from builder.errors import BuildError
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from builder.factory.db.engine import Database
+from builder.factory.db.schema import keys
 from builder.factory.identity import Report
 
 
@@ -42,16 +47,21 @@ class Verdict(enum.Enum):
 
 
 class KeyRegistry(Protocol):
-    """Where bindings live (memory and a file here; a database later)."""
+    """Where bindings live (the state database here)."""
 
     def find(self, serial: str | None, mac: str | None) -> Binding | None:
         """The binding of the device with this serial number, else this MAC."""
 
     def register(self, binding: Binding) -> None:
-        """Bind a new key (first contact)."""
+        """Bind a new key (first contact); ``Raced`` when another server bound one first."""
 
     def advance(self, binding: Binding, counter: int) -> None:
-        """Remember ``counter`` as the last accepted one."""
+        """Remember ``counter`` as the last accepted one; ``Raced`` when it is no longer above
+        the stored one (another server accepted that counter meanwhile)."""
+
+
+class Raced(Exception):
+    """Another server changed the binding between the judgement and the write."""
 
 
 def judge(registry: KeyRegistry, report: Report) -> tuple[Verdict, Binding | None]:
@@ -73,60 +83,46 @@ def binding_for(report: Report) -> Binding:
                    round(time.time(), 3))
 
 
-class FileRegistry:
-    """Bindings in memory, each change appended to ``path`` (JSON Lines) when given."""
+class DbRegistry:
+    """Bindings in the ``keys`` table; calls join the thread's open transaction
+    (``Database.atomic``), so a report and its registry change commit together."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path
-        self._by_serial: dict[str, Binding] = {}
-        self._by_mac: dict[str, Binding] = {}
-        self._by_device: dict[str, Binding] = {}
-        if path is not None and path.exists():
-            self._replay(path)
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def __len__(self) -> int:
-        return len(self._by_device)
+        with self.db.atomic() as conn:
+            return len(conn.execute(select(keys.c.device)).all())
 
     def find(self, serial: str | None, mac: str | None) -> Binding | None:
         """The binding of the device with this serial number, else this MAC."""
         if serial:
-            return self._by_serial.get(serial)
-        return self._by_mac.get(mac) if mac else None
+            where = keys.c.serial == serial
+        elif mac:
+            where = keys.c.mac == mac
+        else:
+            return None
+        with self.db.atomic() as conn:
+            row = conn.execute(select(keys).where(where).limit(1)).mappings().first()
+        return Binding(**row) if row is not None else None
 
     def register(self, binding: Binding) -> None:
-        """Bind a new key (first contact)."""
-        self._index(binding)
-        self._append({"event": "bind", **asdict(binding)})
+        """Bind a new key (first contact); ``Raced`` when the device has one already."""
+        values = {"device": binding.device, "serial": binding.serial, "mac": binding.mac,
+                  "key": binding.key, "keystore": binding.keystore, "counter": binding.counter,
+                  "registered": binding.registered}
+        with self.db.atomic() as conn:
+            try:
+                conn.execute(insert(keys).values(**values))
+            except IntegrityError:
+                raise Raced(binding.device) from None
 
     def advance(self, binding: Binding, counter: int) -> None:
-        """Remember ``counter`` as the last accepted one."""
+        """Remember ``counter``; ``Raced`` unless it is still above the stored one."""
+        with self.db.atomic() as conn:
+            done = conn.execute(update(keys).where(
+                keys.c.device == binding.device, keys.c.key == binding.key,
+                keys.c.counter < counter).values(counter=counter))
+        if done.rowcount != 1:
+            raise Raced(binding.device)
         binding.counter = counter
-        self._append({"event": "counter", "device": binding.device, "counter": counter})
-
-    def _index(self, binding: Binding) -> None:
-        self._by_device[binding.device] = binding
-        if binding.serial:
-            self._by_serial[binding.serial] = binding
-        if binding.mac:
-            self._by_mac[binding.mac] = binding
-
-    def _append(self, entry: dict[str, object]) -> None:
-        if self.path is not None:
-            with self.path.open("a", encoding="utf-8") as out:
-                out.write(json.dumps(entry, sort_keys=True) + "\n")
-
-    def _replay(self, path: Path) -> None:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            try:
-                entry = json.loads(line)
-                event = entry.pop("event")
-                if event == "bind":
-                    self._index(Binding(**entry))
-                elif event == "counter":
-                    self._by_device[entry["device"]].counter = int(entry["counter"])
-                else:
-                    raise ValueError(f"unknown event {event!r}")
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                raise BuildError(f"{path}:{number}: not a key registry entry: {exc}",
-                                 hint="the file `serve --keys` writes: one JSON object a line"
-                                 ) from None

@@ -1,5 +1,6 @@
 """Taking a device's status report: parse it, check its signature, judge it against the key
-registry (trust on first use, replays, changed keys) and apply it to the status store.
+registry (trust on first use, replays, changed keys) and apply it to the status store, the
+report and its registry change in one database transaction, committed before the answer.
 
 ``accept_report`` is the whole decision as one function from a request's body, its
 ``Authorization`` value and the client's address to an ``Outcome`` (an HTTP status and a
@@ -12,15 +13,18 @@ from dataclasses import dataclass
 
 from builder.factory.identity import (
     AUTH_SCHEME,
+    Report,
     ReportError,
     SignatureError,
     check_signature,
     key_fingerprint,
     parse_report,
 )
-from builder.factory.registry import KeyRegistry, Verdict, binding_for, judge
+from builder.factory.registry import KeyRegistry, Raced, Verdict, binding_for, judge
 from builder.factory.site import Site
 from builder.factory.status import Device, Identity, StatusStore
+
+RETRIES = 5  # a race lost to another server is judged again, in a new transaction
 
 __all__ = ["AUTH_SCHEME", "Outcome", "accept_report"]
 
@@ -36,7 +40,7 @@ class Outcome:
 
 def accept_report(store: StatusStore, registry: KeyRegistry, site: Site, body: bytes,
                   authorization: str | None, address: str | None) -> Outcome:
-    """Decide on one report and apply it when accepted (200)."""
+    """Decide on one report and apply it when accepted (200), committed before returning."""
     try:
         report = parse_report(body)
     except ReportError as exc:
@@ -45,6 +49,18 @@ def accept_report(store: StatusStore, registry: KeyRegistry, site: Site, body: b
         check_signature(report, body, authorization)
     except SignatureError as exc:
         return Outcome(401, f"bad signature: {exc}")
+    for _ in range(RETRIES):
+        try:
+            with store.atomic():
+                return _decide(store, registry, site, report, address)
+        except Raced:
+            continue
+    return Outcome(503, "busy: the report raced other servers too often; send it again")
+
+
+def _decide(store: StatusStore, registry: KeyRegistry, site: Site, report: Report,
+            address: str | None) -> Outcome:
+    """The verdict and its effect, inside the caller's transaction."""
     verdict, binding = judge(registry, report)
     entry = site.find_device(report.serial, report.mac)
     name = entry.name if entry else None
@@ -66,7 +82,7 @@ def accept_report(store: StatusStore, registry: KeyRegistry, site: Site, body: b
     who = Identity(report.serial, report.mac, report.fields.get("platform"), address)
     device = store.find(who, name, listed=entry is not None)
     if device is None:
-        store.unknown["reports"] += 1
+        store.count_unknown("reports")
         return Outcome(503, "the device table is full: this device is not in the site file")
     if verdict is Verdict.NEW:
         registry.register(binding_for(report))

@@ -11,7 +11,8 @@ Endpoints (docs/factory.md):
   names that should fall through. Range requests resume interrupted downloads.
 - ``GET /<path>``: files of ``out/`` (the same tree any static server or object store can serve).
 - ``POST /status``: a device's report signed with its own key (``builder.factory.reports``).
-- ``GET /``: the live status page; ``GET /status.json``: the same for scripts, paginated.
+- ``GET /``: the live status page; ``GET /status.json``: the same for scripts, paginated;
+  ``GET /status/<key>.json``: one device and its history.
 
 Only waterfall requests by devices the site lists make device records; everything else is
 counted. Bad input gets a fixed answer, never a traceback (``shield``).
@@ -29,7 +30,7 @@ from pathlib import Path
 from aiohttp import web
 
 from builder.factory.limits import Limits
-from builder.factory.registry import FileRegistry, KeyRegistry
+from builder.factory.registry import KeyRegistry
 from builder.factory.reports import AUTH_SCHEME, accept_report
 from builder.factory.site import Site
 from builder.factory.status import MAX_PAGE, PAGE, Device, Identity, StatusStore, identity_from_headers
@@ -55,7 +56,7 @@ class Provisioner:
     site: Site
     out_dir: Path
     store: StatusStore
-    registry: KeyRegistry = field(default_factory=FileRegistry)
+    registry: KeyRegistry
     limits: Limits = field(default_factory=Limits)
 
     def choose(self, kind: str, suffix: str | None, who: Identity) -> tuple[Path, str] | None:
@@ -111,6 +112,7 @@ def make_app(provisioner: Provisioner) -> web.Application:
     app[SITE_KEY] = provisioner
     app.router.add_get("/", status_page)
     app.router.add_get("/status.json", status_json)
+    app.router.add_get("/status/{key}.json", device_json)
     app.router.add_post("/status", post_status)
     app.router.add_get("/onie-ca.pem", ca_file)
     app.router.add_get("/{path:.*}", get_file)
@@ -151,8 +153,21 @@ async def status_json(request: web.Request) -> web.Response:
     provisioner = request.app[SITE_KEY]
     offset = _query_int(request, "offset", 0, 10**9)
     limit = _query_int(request, "limit", PAGE, MAX_PAGE)
-    data = provisioner.store.snapshot(offset, limit)
+    loop = asyncio.get_running_loop()  # the database is read off the event loop
+    data = await loop.run_in_executor(None, provisioner.store.snapshot, offset, limit)
     data["site"] = provisioner.site.name
+    return web.json_response(data, headers={"Cache-Control": "no-store"})
+
+
+async def device_json(request: web.Request) -> web.Response:
+    """One device (serial number, else MAC) and its last events, oldest first; 404 unknown."""
+    store = request.app[SITE_KEY].store
+    key = request.match_info["key"]
+    if len(key) > 64 or _bad_path(key):
+        raise web.HTTPNotFound(text="no such device\n")
+    data = await asyncio.get_running_loop().run_in_executor(None, store.history, key)
+    if data is None:
+        raise web.HTTPNotFound(text="no such device\n")
     return web.json_response(data, headers={"Cache-Control": "no-store"})
 
 
@@ -178,8 +193,10 @@ async def post_status(request: web.Request) -> web.Response:
             body = await request.read()  # aiohttp answers 413 past client_max_size
     except TimeoutError:
         raise web.HTTPRequestTimeout(text="the report's body did not arrive in time\n") from None
-    outcome = accept_report(provisioner.store, provisioner.registry, provisioner.site, body,
-                            request.headers.get("Authorization"), request.remote)
+    # Committed to the database before the answer; off the event loop, which keeps serving.
+    outcome = await asyncio.get_running_loop().run_in_executor(
+        None, accept_report, provisioner.store, provisioner.registry, provisioner.site, body,
+        request.headers.get("Authorization"), request.remote)
     device = outcome.device
     if device is None:
         log.info("status refused (%d): %s", outcome.status, outcome.text)
@@ -210,6 +227,9 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     if match is not None:
         chosen = provisioner.choose(match["kind"], match["suffix"], who)
         if chosen is not None:
+            if not chosen[0].is_file():  # assigned, but gone since serve started
+                provisioner.store.not_found(device, chosen[0].name, "/" + rel)
+                raise web.HTTPNotFound()
             return await send_file(request, chosen[0], device, provisioner, tracked=True)
     path = provisioner.out_file(rel) if parts else None
     if path is None:

@@ -81,6 +81,8 @@ class Status(Model):
 
     max_body: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
     log_tail: Annotated[int, Field(ge=0, le=1024 * 1024)] = 16 * 1024
+    # A device neither waiting nor finished that has said nothing for this long is "silent".
+    silent_after: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] = 900
 
     @model_validator(mode="before")
     @classmethod
@@ -241,6 +243,8 @@ class Site(Model):
     server: Server
     tls: Tls | None = None
     status: Status | None = None
+    # The state database's URL (docs/factory.md, "Database"); default: SQLite beside the file.
+    database: str | None = None
     subnets: list[Subnet] = []
     platforms: list[PlatformEntry] = []
     devices: list[Device] = []

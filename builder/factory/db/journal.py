@@ -1,0 +1,84 @@
+"""The writer thread of the server's own events (requests, downloads and their progress, a
+missing installer): the request handlers queue them and never wait for the disk; the thread
+commits whatever has queued up in one transaction (group commit), so a burst of downloads
+costs one sync, not one each. Devices' reports do not go through here: they are committed
+before they are answered (``builder.factory.reports``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from builder.factory.db.engine import Database, describe
+
+log = logging.getLogger(__name__)
+
+Op = Callable[[Connection], None]
+BATCH = 500  # operations in one transaction at most
+
+
+class Journal:
+    """A queue of operations and the thread that commits them in order."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._queue: queue.Queue[Op | threading.Event | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="state-journal", daemon=True)
+        self._thread.start()
+
+    def put(self, op: Op) -> None:
+        """Queue ``op`` (run on the journal's connection, in a transaction)."""
+        self._queue.put(op)
+
+    def sync(self, timeout: float = 30.0) -> bool:
+        """Wait until everything queued before this call is committed."""
+        if not self._thread.is_alive():
+            return False
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self) -> None:
+        """Commit what is queued and stop the thread."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(60)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch: list[Op] = []
+            markers: list[threading.Event] = []
+            item = self._queue.get()
+            while True:
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    markers.append(item)
+                else:
+                    batch.append(item)
+                if stop or len(batch) >= BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._commit(batch)
+            for marker in markers:
+                marker.set()
+
+    def _commit(self, batch: list[Op]) -> None:
+        try:
+            with self.db.atomic() as conn:
+                for op in batch:
+                    op(conn)
+        except SQLAlchemyError as exc:
+            log.error("state database: %d server events not written: %s", len(batch),
+                      describe(exc))

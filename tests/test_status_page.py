@@ -169,8 +169,19 @@ def test_the_page_against_a_recorded_document(browser: Any) -> None:
         assert [e["kind"] for e in events] == ["request", "download", "report", "report"]
         assert events[1]["bytes"] == "100000 / 100000"
         assert events[3]["result"] == "fail" and events[3]["message"] == "installer exit status 3"
+        from selenium.webdriver.common.keys import Keys
+
+        browser.find_element("css selector", 'tr.device[data-device="SN-C02"]').send_keys(Keys.ENTER)
+        wait(browser).until(lambda d: d.execute_script(
+            "return document.querySelector('tr.history[data-history=\"SN-C02\"]')?.textContent")
+            == "history unavailable: HTTP 404 Not Found")  # the fixture has none for it
         refreshed(browser)
         assert len(history(browser, "SN-A02")) == 4  # still open after a refresh
+        focused = browser.execute_script("return document.activeElement.dataset.device")
+        assert focused == "SN-C02"  # the keyboard's place survives the refresh too
+        browser.switch_to.active_element.send_keys(Keys.ENTER)  # folds it again
+        wait(browser).until(lambda d: not d.find_elements(
+            "css selector", 'tr.history[data-history="SN-C02"]'))
         assert shown(browser) == ["SN-EVIL", "SN-A02", "SN-C02"]  # still filtered
 
         click(browser, '#counts button[data-state=""]')

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +17,7 @@ from builder.factory import statusclient
 from builder.factory.serve import STATUS_PAGE
 from builder.factory.statusclient import ago, format_status, matches, select
 from tests.conftest import run_cli
+from tests.serving import make_ca, make_server_cert
 from tests.statusfixture import FixtureServer, fixture_server, load_fixture
 from tests.test_json import check_envelope
 
@@ -174,3 +178,26 @@ def test_http_500(server: FixtureServer) -> None:
 def test_not_a_url() -> None:
     assert error_of("ftp://127.0.0.1/") == \
         "error: cannot reach ftp://127.0.0.1/status.json: not an http:// or https:// URL"
+
+
+def test_tls(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "ca")
+    chain, key = make_server_cert(tmp_path / "ca", ca, ["127.0.0.1"])
+    other = make_ca(tmp_path / "other", "Another CA")
+    server = FixtureServer()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(chain, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = server.url.replace("http:", "https:")
+        assert error_of(url, "--cacert", str(other[0])) == (
+            f"error: cannot reach {url}/status.json: TLS certificate not trusted (unable to get "
+            "local issuer certificate)")
+        table = run_cli("status", url, "--cacert", str(ca[0]), "--state", "silent").stdout
+        assert [line.split()[0] for line in table.splitlines()[1:-1]] == ["SN-B01"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -136,7 +136,7 @@ def screenshot(browser: Any, name: str) -> Path:
     return path
 
 
-def test_the_page_against_a_recorded_document(browser: Any) -> None:
+def test_the_page_against_the_fixture_document(browser: Any) -> None:
     with fixture_server() as server:
         devices = server.fixture["status"]["devices"]
         browser.set_window_size(1400, 420)  # shorter than the table: scrolling is kept

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.factory.db.engine import Database, default_url
+from builder.factory.registry import DbRegistry
 from builder.initramfs.cpio import compress, render_cpio
 from builder.initramfs.tree import Tree
 from builder.lab.netns import NetNamespace
@@ -92,7 +94,6 @@ def test_factory_install_reports_its_status(built: Callable[[str], Path], tmp_pa
     conf = tmp_path / "dnsmasq.conf"
     run_cli("dhcp-config", "qemu_x86_64", "--site", str(site), "--format", "dnsmasq", "-o", str(conf))
     initrd = with_reports(image, tmp_path / "initrd.img")
-    events = tmp_path / "events.jsonl"
 
     with NetNamespace.create("obfac") as ns:
         ns.add_tap("tap0", f"{NET}.1/24")
@@ -101,8 +102,7 @@ def test_factory_install_reports_its_status(built: Callable[[str], Path], tmp_pa
                          f"--pid-file={tmp_path / 'dnsmasq.pid'}"], tmp_path / "dnsmasq.log")
         wait_for_text(tmp_path / "dnsmasq.log", r"DHCP, IP range", 10, dhcp, "dnsmasq")
         server = ns.spawn([sys.executable, "-c", SERVE, str(ROOT), "serve", "--site", str(site),
-                           "--out", str(image.parent), "--record", str(events),
-                           "--keys", str(tmp_path / "keys.jsonl")], tmp_path / "serve.log")
+                           "--out", str(image.parent)], tmp_path / "serve.log")
         wait_for_text(tmp_path / "serve.log", r"^serving ", 30, server, "serve")
 
         argv = qemu_command(machine_for(manifest["arch"]), image / "vmlinuz", initrd,
@@ -115,6 +115,8 @@ def test_factory_install_reports_its_status(built: Callable[[str], Path], tmp_pa
             console.expect(r"reboot: Power down", timeout=60)
         status = json.loads(run(ns.exec_argv([sys.executable, "-c", FETCH,
                                               f"http://{NET}.1:8080/status.json"])).stdout)
+        history = json.loads(run(ns.exec_argv([sys.executable, "-c", FETCH,
+                                               f"http://{NET}.1:8080/status/{SERIAL}.json"])).stdout)
 
     # The address came from the generated configuration: its pool, its vendor class match.
     # (The lease itself is gone: discovery releases it before powering off.)
@@ -130,17 +132,21 @@ def test_factory_install_reports_its_status(built: Callable[[str], Path], tmp_pa
     assert device["platform"] == "x86_64-qemu_x86_64-r0"
     assert device["installer"] == "special.sh" and device["size"] == 300_000
     assert device["downloads"] == 1 and device["bytes_sent"] >= 300_000
-    assert device["state"] == "done" and device["result"] == "ok"
+    assert device["state"] == "installed" and device["result"] == "ok"
     sources = [(p["phase"], p["result"], p["source"]) for p in device["phases"]]
     assert sources[:2] == [("download", "running", "server"), ("downloaded", "ok", "server")]
     assert ("install", "running", "device") in sources and sources[-1] == ("done", "ok", "device")
     assert "FACTORY INSTALLER RAN for SN-LAB-0001" in device["log"]
     assert "NOS installed" in device["log"]
-    recorded = [json.loads(line) for line in events.read_text().splitlines()]
-    assert recorded[-1]["device"] == SERIAL and recorded[-1]["phase"] == "done"
+    # Its history, from the state database beside the site file.
+    kinds = [(e["source"], e["kind"]) for e in history["events"]]
+    assert ("server", "download") in kinds and kinds[-1] == ("device", "report")
+    assert history["events"][-1]["phase"] == "done" and history["device"]["key"] == SERIAL
+    assert site.with_suffix(".db").is_file()
     # Signed with a key the device made (no disk: kept in RAM), one counter step per report.
     assert device["keystore"] == "ram" and device["counter"] == len(
         [p for p in device["phases"] if p["source"] == "device"])
-    [binding] = [json.loads(x) for x in (tmp_path / "keys.jsonl").read_text().splitlines()
-                 if json.loads(x)["event"] == "bind"]
-    assert binding["serial"] == SERIAL and binding["mac"] == MAC and binding["keystore"] == "ram"
+    registry = DbRegistry(Database(default_url(site)))
+    binding = registry.find(SERIAL, None)
+    registry.db.close()
+    assert binding is not None and (binding.mac, binding.keystore) == (MAC, "ram")

@@ -413,3 +413,25 @@ def test_the_store_counts_unlisted_devices_past_its_limit(monkeypatch: pytest.Mo
         assert first is not None and later is not None and (first.id, later.key) == (later.id, "S9")
     finally:
         store.close()
+
+
+def test_site_devices_wait_and_a_missing_installer_is_a_failure(tmp_path: Path) -> None:
+    """Every device of the site file is listed before any request (waiting); an installer
+    the site assigns that is gone from the server fails the device with the server's cause."""
+    site = write_site(tmp_path)
+    site.write_text(site.read_text().replace("  log_tail: 64\n", "  log_tail: 64\n  silent_after: 60\n"))
+    with running(site, tmp_path) as handle:
+        first = requests.get(handle.url("status.json"), timeout=10).json()
+        assert {d["key"]: (d["state"], d["listed"], d["first_seen"]) for d in first["devices"]} == {
+            "SN-SPECIAL": ("waiting", True, None), "52:54:00:aa:bb:cc": ("waiting", True, None)}
+        assert first["counts"]["waiting"] == 2 and first["silent_after"] == 60
+        (tmp_path / "installers" / "special.bin").unlink()
+        answer = get(handle, "onie-installer", {**QEMU, "ONIE-SERIAL-NUMBER": "SN-SPECIAL"})
+        assert answer.status_code == 404
+        device = device_state(handle, "SN-SPECIAL")
+        assert device["state"] == "failed"
+        assert device["reason"] == "installer special.bin missing on the server (404)"
+        history = requests.get(handle.url("status/SN-SPECIAL.json"), timeout=10).json()
+        assert [(e["kind"], e["status"], e["path"]) for e in history["events"]] == [
+            ("request", None, "/onie-installer"), ("not-found", 404, "/onie-installer")]
+        assert requests.get(handle.url("status/SN-NOBODY.json"), timeout=10).status_code == 404

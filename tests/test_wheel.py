@@ -33,6 +33,9 @@ def test_wheel_builds_the_default_platform_from_an_empty_folder(
     shipped = {p.relative_to(ROOT).as_posix() for d in ("recipes", "templates")
                for p in (ROOT / d).rglob("*") if p.is_file()}
     assert {f"builder/{n}" for n in shipped} <= names
+    migrations = {p.relative_to(ROOT).as_posix()
+                  for p in (ROOT / "builder/factory/db/migrations").rglob("*.py")}
+    assert len(migrations) >= 3 and migrations <= names  # the state database's (#19)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: Apache-2.0" in metadata.splitlines()
 
@@ -47,6 +50,13 @@ def test_wheel_builds_the_default_platform_from_an_empty_folder(
     where = subprocess.run([venv / "bin" / "python", "-c", "import builder; print(builder.__file__)"],
                            cwd=empty, env=env, capture_output=True, text=True, check=True).stdout
     assert Path(where.strip()).is_relative_to(venv)
+    # The installed wheel migrates a state database from its own scripts (package data).
+    migrate = ("import sys; from builder.factory.db.engine import Database; "
+               "from builder.factory.db import migrate; db = Database(sys.argv[1]); "
+               "migrate.upgrade(db); print(migrate.current(db))")
+    state = subprocess.run([venv / "bin" / "python", "-c", migrate, f"sqlite:///{tmp_path / 's.db'}"],
+                           cwd=empty, env=env, capture_output=True, text=True, check=True).stdout
+    assert state.strip() == "0002"
     proc = subprocess.run([venv / "bin" / "onie-builder", "build", "--allow-untrusted",
                           "--no-lock", "--json"], cwd=empty,
                           env=env, capture_output=True, text=True, timeout=900)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Connection, make_url, text
@@ -118,8 +119,14 @@ class StatusStore:
     def find(self, who: Identity, name: str | None = None, *, listed: bool = False,
              create: bool = True) -> Device | None:
         """The record of ``who``, created when new (``create``; for devices the site does not
-        list, up to MAX_DEVICES); fills in what the identity adds. None when there is none."""
+        list, up to MAX_DEVICES); fills in what the identity adds. None when there is none.
+        A device already known as it says is only read: the event the caller records next
+        (a request, a report) brings its ``last_seen`` up to date."""
         now = time.time()
+        with self.db.read() as conn:
+            row = rows.lookup(conn, who.serial, who.mac)
+        if row is not None and not self._changes(row, who, name, listed, now):
+            return self._device(row)
         with self.db.atomic() as conn:
             row = rows.lookup(conn, who.serial, who.mac, lock=True)
             if row is None:
@@ -140,21 +147,29 @@ class StatusStore:
                            "reported_at": None, "conflict_at": None}
                     with self._lock:
                         self._unlisted += not listed
-            changes: dict[str, Any] = {a: v for a in ("serial", "mac", "platform", "address")
-                                       if (v := getattr(who, a)) is not None and row[a] != v}
-            if listed and not row["listed"]:
-                changes["listed"] = True
-            if name and row["name"] != name:
-                changes["name"] = name
-            better = changes.get("serial", row["serial"]) or row["mac"] or row["key"]
-            if better != row["key"]:
-                changes["key"] = better
-            if row["first_seen"] is None:
-                changes["first_seen"] = now
-            changes["last_seen"] = now
-            rows.change(conn, row["id"], changes)
-            row.update(changes)
+            changes = self._changes(row, who, name, listed, now)
+            if changes:
+                changes["last_seen"] = now
+                rows.change(conn, row["id"], changes)
+                row.update(changes)
         return self._device(row)
+
+    @staticmethod
+    def _changes(row: Mapping[str, Any], who: Identity, name: str | None, listed: bool,
+                 now: float) -> dict[str, Any]:
+        """What ``who`` adds to ``row``: identity, the listed mark, a name, a better key."""
+        changes: dict[str, Any] = {a: v for a in ("serial", "mac", "platform", "address")
+                                   if (v := getattr(who, a)) is not None and row[a] != v}
+        if listed and not row["listed"]:
+            changes["listed"] = True
+        if name and row["name"] != name:
+            changes["name"] = name
+        better = changes.get("serial", row["serial"]) or changes.get("mac", row["mac"]) or row["key"]
+        if better != row["key"]:
+            changes["key"] = better
+        if row["first_seen"] is None:
+            changes["first_seen"] = now
+        return changes
 
     def lookup(self, who: Identity) -> Device | None:
         """The record of ``who``, changing nothing; None when there is none."""
@@ -266,7 +281,7 @@ class StatusStore:
 
     # --- devices' reports: in the transaction of builder.factory.reports ---------------------
 
-    def atomic(self) -> Any:
+    def atomic(self) -> AbstractContextManager[Connection]:
         """One transaction for a report and its registry change (``Database.atomic``)."""
         return self.db.atomic()
 

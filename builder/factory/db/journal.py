@@ -79,6 +79,17 @@ class Journal:
             with self.db.atomic() as conn:
                 for op in batch:
                     op(conn)
-        except SQLAlchemyError as exc:
-            log.error("state database: %d server events not written: %s", len(batch),
-                      describe(exc))
+            return
+        except SQLAlchemyError:
+            pass
+        lost = 0  # one at a time: one bad operation must not take the others with it
+        error = ""
+        for op in batch:
+            try:
+                with self.db.atomic() as conn:
+                    op(conn)
+            except SQLAlchemyError as exc:
+                lost, error = lost + 1, describe(exc)
+        if lost:
+            log.error("state database: %d of %d server events not written: %s", lost,
+                      len(batch), error)

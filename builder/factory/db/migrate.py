@@ -8,6 +8,7 @@ does the same for a file.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -18,6 +19,7 @@ from sqlalchemy import text
 
 from builder.factory.db.engine import Database
 
+log = logging.getLogger(__name__)
 SCRIPTS = Path(__file__).parent / "migrations"
 LOCK_ID = 0x0E1E_B019  # pg_advisory_xact_lock key: "serve migrates"
 
@@ -45,8 +47,14 @@ def current(db: Database) -> str | None:
 def upgrade(db: Database, revision: str = "head") -> None:
     """Migrate ``db`` to ``revision`` in one transaction."""
     config = alembic_config()
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin lines; ours below
     with db.engine.begin() as conn:
         if db.backend == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": LOCK_ID})
+        before = MigrationContext.configure(conn).get_current_revision()
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+        after = MigrationContext.configure(conn).get_current_revision()
+    if after != before:
+        log.info("state database %s: schema %s -> %s", db.engine.url.render_as_string(),
+                 before or "(empty)", after)

@@ -177,7 +177,7 @@ def test_verify_refuses_what_is_no_regular_file(tmp_path: Path, key: Path) -> No
 # --- status answers (item 6, `status URL`) -----------------------------------------------------
 
 DEVICE = ('{"key": "SN1", "platform": "x86_64-acme_a-r0", "address": "10.0.0.5", '
-          '"state": "done", "phase": "done", "result": "ok", "size": 100, "bytes_sent": 100}')
+          '"state": "failed", "percent": 100, "reason": "exit 3", "last_seen": null}')
 STATUS_CASES = [
     (b"<html>oops</html>", 1, ["error: {url}/status.json: malformed answer: not JSON (Expecting "
                                "value: line 1 column 1 (char 0))"], []),
@@ -191,14 +191,16 @@ STATUS_CASES = [
                                           "expected an object"], []),
     (b"[" * 100_000 + b"]" * 100_000, 1, ["error: {url}/status.json: malformed answer: not JSON "
                                           "(nested too deeply)"], []),
-    (b'{"devices": [{}]}', 0, [], ["DEVICE  PLATFORM  ADDRESS  STATE  PHASE  RESULT  SENT",
-                                   "?       -         -        ?      ?      ?       -",
+    (b'{"devices": [{}]}', 0, [], ["DEVICE  NAME  PLATFORM  ADDRESS  STATE  PROGRESS  LAST SEEN  REASON",
+                                   "?       -     -         -        ?      -         never",
                                    "1 devices"]),
     (('{"devices": [' + DEVICE.replace('"SN1"', '"SN\\u001b[2J\\u009b31m\\u202e"')
-      .replace('"size": 100', '"size": "x"') + '], "counts": {"done\\u0007": 1}}').encode(), 0, [],
-     ["DEVICE                  PLATFORM          ADDRESS   STATE  PHASE  RESULT  SENT",
-      "SN\\x1b[2J\\x9b31m\\u202e  x86_64-acme_a-r0  10.0.0.5  done   done   ok      -",
-      "1 devices (done\\x07: 1)"]),
+      .replace('"percent": 100', '"percent": "x"').replace('exit 3', 'exit\\u001b]0;owned\\u0007')
+      + '], "counts": {"failed\\u0007": 1}}').encode(), 0, [],
+     ["DEVICE                  NAME  PLATFORM          ADDRESS   STATE   PROGRESS  LAST SEEN  REASON",
+      "SN\\x1b[2J\\x9b31m\\u202e  -     x86_64-acme_a-r0  10.0.0.5  failed  -         never      "
+      "exit\\x1b]0;owned\\x07",
+      "1 devices (failed\\x07: 1)"]),
 ]
 
 
@@ -249,7 +251,7 @@ def test_status_answer_size_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(statusclient, "MAX_ANSWER", 1 << 20)
     with pytest.raises(MalformedAnswer) as info:
-        _read_capped(iter([b"x" * (1 << 16)] * 17), "http://h/status.json")
+        _read_capped(iter([b"x" * (1 << 16)] * 17), "http://h/status.json", 1e18, 10)
     assert info.value.message == "http://h/status.json: malformed answer: larger than 1 MiB"
 
 

@@ -14,6 +14,7 @@ from builder.cli.common import (
     platform_files,
 )
 from builder.cli.envelope import emit
+from builder.factory.statusclient import STATES
 
 
 @click.command("dhcp-config")
@@ -103,20 +104,35 @@ def serve(site_path: Path, out_dir: Path, listen: tuple[str, ...], http_port: in
 
 @click.command()
 @click.argument("url")
+@click.option("--state", type=click.Choice(STATES), default=None,
+              help="Show only the devices in this state.")
+@click.option("--filter", "text", metavar="TEXT", default=None,
+              help="Show only the devices whose name, serial, MAC, platform, address, state or "
+              "reason contains every word of TEXT (any case), as the page's filter box.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print the server's status document as the result of the JSON envelope.")
+              help="Print the server's status document, its devices ordered and filtered as the "
+              "table, as the result of the JSON envelope.")
 @click.option("--cacert", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="CA certificate to check an https:// server against.")
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
+              help="Seconds to wait for the server's answer.")
 @handle_errors
-def status(url: str, as_json: bool, cacert: Path | None) -> None:
-    """Show the devices a running `onie-builder serve` at URL knows and their state."""
-    from builder.factory.statusclient import fetch_status, format_status
+def status(url: str, state: str | None, text: str | None, as_json: bool, cacert: Path | None,
+           timeout: float) -> None:
+    """Show the devices of the `onie-builder serve` at URL, failures first.
 
-    data = fetch_status(url, cacert)
+    One line per device of the site file (seen or not) and per device that reported:
+    failed, conflict, silent, downloading, installing, discovering, waiting, installed, then
+    by name; the same order and filter as the status page at URL/.
+    """
+    from builder.factory.statusclient import fetch_status, format_status, select
+
+    data = fetch_status(url, cacert, timeout)
+    devices = select(data["devices"], state, text)
     if as_json:
-        emit(True, data)
+        emit(True, {**data, "devices": devices})
     else:
-        click.echo(format_status(data))
+        click.echo(format_status(data, devices))
 
 
 # --- signed installers (docs/signed-installer.md) ----------------------------------------------

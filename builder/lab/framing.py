@@ -7,7 +7,9 @@ of the guest, then prints that file in base64, every line tagged with the run's 
 trailer (twice) with the exit status and the file's MD5. ``read_frame`` keeps only whole
 tagged lines, and the result counts only when its MD5 is the guest's: a line that another
 writer cut is dropped, the sum then differs, and the caller asks for the file again
-(``reprint_line``) instead of returning someone else's text. Needs ``base64``, ``md5sum`` and
+(``reprint_line``) instead of returning someone else's text. Another writer's text in front of
+a tagged line (a partial line it had printed before ours began) is not part of the line: the
+tag says where ours starts, and the MD5 still checks what follows. Needs ``base64``, ``md5sum`` and
 ``sed`` in the guest (BusyBox has them all).
 """
 
@@ -60,14 +62,25 @@ def reprint_line(token: str, path: str) -> str:
     return f"{_print_part(token, path)}\n"
 
 
+def _tagged(token: str) -> re.Pattern[str]:
+    return re.compile(rf"__OB_{token}_D([A-Za-z0-9+/=]*)$")
+
+
 def read_frame(window: str, token: str, trailer: Trailer) -> bytes | None:
     """The output bytes framed under ``token`` in ``window``, or None when another writer cut
     one of its lines (the caller then asks for a reprint)."""
-    tagged = re.compile(rf"^__OB_{token}_D([A-Za-z0-9+/=]*)$")
+    tagged = _tagged(token)
     text = "".join(m.group(1) for line in window.replace("\r", "").split("\n")
-                   if (m := tagged.match(line)))
+                   if (m := tagged.search(line)))
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         return None
     return data if hashlib.md5(data, usedforsecurity=False).hexdigest() == trailer.md5 else None
+
+
+def glued_lines(window: str, token: str) -> int:
+    """How many tagged lines of ``token`` in ``window`` had another writer's text in front."""
+    tagged = _tagged(token)
+    return sum(1 for line in window.replace("\r", "").split("\n")
+               if (m := tagged.search(line)) and m.start() > 0)

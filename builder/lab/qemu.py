@@ -183,6 +183,7 @@ class Console:
         self._returncode: int | None = None
         self._output_file = f"{framing.OUTPUT_DIR}/.ob-console-{os.getpid()}-{next(self._markers)}"
         self.reprints = 0  # frames printed again because another writer cut one of their lines
+        self.glued = 0  # frame lines read behind another writer's partial line
         # A Console dropped without stop() (or still running at exit) must not leave QEMU behind.
         self._finalizer = weakref.finalize(self, stop_process, proc)
 
@@ -284,6 +285,7 @@ class Console:
             for attempt in range(REPRINTS + 1):
                 data = framing.read_frame(window, token, trailer)
                 if data is not None:
+                    self.glued += framing.glued_lines(window, token)
                     text = clean_output(data.decode(errors="replace"))
                     return trailer.status, text.removesuffix("\n")
                 if attempt == REPRINTS:

@@ -59,13 +59,18 @@ def escape_path(raw: str) -> str:
 
 
 def bytes_sent(request: web.BaseRequest, response: web.StreamResponse) -> int:
-    """The body bytes a response handed over: send_file's own count, else aiohttp's (a
-    FileResponse sends with sendfile, which aiohttp does not count: its length when whole)."""
+    """The body bytes a response handed over (headers not counted): send_file's own count,
+    else the body's length (aiohttp counts headers too, and nothing a FileResponse sends with
+    sendfile)."""
     sent = request.get(SENT)
     if sent is not None:
         return int(sent)
-    if isinstance(response, web.FileResponse) and response.prepared and request.method != "HEAD":
+    if request.method == "HEAD" or not response.prepared:
+        return 0
+    if isinstance(response, web.FileResponse):
         return response.content_length or 0
+    if isinstance(response, web.Response) and isinstance(response.body, bytes):
+        return len(response.body)
     return response.body_length
 
 

@@ -66,6 +66,8 @@ class Run:
     first: float = float("inf")  # the first download's start, the last one's end
     last: float = 0.0
     rss_kib: int = 0
+    cpu_seconds: float = 0.0  # the server's (user + system)
+    served: list[float] = field(default_factory=list)  # report seconds in serve's access log
 
     @property
     def window(self) -> float:
@@ -78,12 +80,16 @@ class Run:
             "downloads": self.downloads, "resumed": self.resumed,
             "download_seconds": round(self.window, 2),
             "mb_per_s": round(self.received / self.window / 1e6, 1) if self.window else 0.0,
-            "peak_rss_mib": round(self.rss_kib / 1024, 1), "errors": len(self.errors),
+            "peak_rss_mib": round(self.rss_kib / 1024, 1), "server_cpu_s": round(self.cpu_seconds, 1),
+            "errors": len(self.errors),
             "error_samples": self.errors[:5]}
         if self.reports:
             out["reports"] = len(self.reports)
             out["report_p50_ms"] = round(1000 * statistics.median(self.reports), 2)
             out["report_p99_ms"] = round(1000 * percentile(self.reports, 99), 2)
+        if self.served:
+            out["report_server_p50_ms"] = round(1000 * statistics.median(self.served), 2)
+            out["report_server_p99_ms"] = round(1000 * percentile(self.served, 99), 2)
         return out
 
 
@@ -156,6 +162,18 @@ def peak_rss_kib(pids: list[int]) -> int:
         match = re.search(r"^VmHWM:\s+(\d+) kB", text, re.M)
         peak = max(peak, int(match.group(1)) if match else 0)
     return peak
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far (/proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -284,9 +302,14 @@ def run_serve(folder: Path, site: Path, args: argparse.Namespace, sha: str) -> R
         run = asyncio.run(load(f"http://{HOST}:{port}", f"onie-installer-{PLATFORM}", devices,
                                args.size, sha, args.cut_every, args.per_pool, True, args.deadline))
         run.rss_kib = peak_rss_kib([proc.pid])
+        run.cpu_seconds = cpu_seconds([proc.pid])
     finally:
         proc.terminate()
         proc.wait(60)
+    # The server's own time for each report (request parsed to response written), from its
+    # access log: the client's figure adds its own loop's delay, busy with 1000 downloads.
+    run.served = [float(m.group(1)) for m in re.finditer(
+        r"^\S+ \S+ POST /status 200 \d+ (\d+\.\d+)s$", (folder / "serve.log").read_text(), re.M)]
     return run
 
 
@@ -332,6 +355,7 @@ def run_nginx(folder: Path, args: argparse.Namespace, sha: str) -> Run:
         run = asyncio.run(load(f"http://{HOST}:{port}", "installer.bin", devices, args.size, sha,
                                args.cut_every, args.per_pool, False, args.deadline))
         run.rss_kib = peak_rss_kib([proc.pid, *children(proc.pid)])
+        run.cpu_seconds = cpu_seconds([proc.pid, *children(proc.pid)])
     finally:
         proc.terminate()
         proc.wait(60)
@@ -384,9 +408,11 @@ def main(argv: list[str] | None = None) -> int:
             r = result[name]
             line = (f"  {name:<6} {r['mb_per_s']:>8} MB/s  {r['download_seconds']} s "
                     f"({r['seconds']} s in all)  {r['downloads']} downloads ({r['resumed']} resumed)  "
-                    f"peak RSS {r['peak_rss_mib']} MiB  {r['errors']} errors")
+                    f"peak RSS {r['peak_rss_mib']} MiB  CPU {r['server_cpu_s']} s  {r['errors']} errors")
             if "reports" in r:
-                line += f"  reports {r['reports']}: p50 {r['report_p50_ms']} ms p99 {r['report_p99_ms']} ms"
+                line += (f"\n         reports {r['reports']}: p50 {r['report_p50_ms']} ms p99 "
+                         f"{r['report_p99_ms']} ms at the client; in serve (its access log) p50 "
+                         f"{r.get('report_server_p50_ms')} ms p99 {r.get('report_server_p99_ms')} ms")
             print(line)
             for error in r["error_samples"]:
                 print(f"    error: {error}")

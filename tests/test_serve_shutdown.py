@@ -141,3 +141,21 @@ def test_sigterm_cuts_a_download_still_running_after_the_grace(tmp_path: Path) -
         line = re.search(r"^127\.0\.0\.1 SN-SPECIAL GET /onie-installer 200 (\d+) \d+\.\d{3}s$", log, re.M)
         assert line, log
         assert len(body) <= int(line.group(1)) < BIG
+
+
+@pytest.mark.timeout(120)
+def test_a_second_signal_cuts_at_once(tmp_path: Path) -> None:
+    with serve(tmp_path, grace=600) as server:
+        conn, body = start_download(server.port)
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for(r"stopping: no new connections; 1 download\(s\) in flight get up to 600 s")
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(30) == 0
+        assert time.monotonic() - signalled < 30  # not the 600 s grace
+        with conn:
+            body = read_to_end(conn, body, BIG)
+        assert len(body) < BIG and body == installer_bytes("special", BIG)[:len(body)]
+        log = "".join(server.log)
+        assert "SIGINT again: cutting the downloads in flight now" in log
+        assert "stopped: 0 download(s) finished, 1 cut" in log

@@ -10,11 +10,9 @@ it sends two more signed reports (install running, done ok). Measured: download 
 (body bytes received / seconds from the first download's start to the last one's end),
 report latency p50/p99, the server's peak RSS (VmHWM of /proc/PID/status).
 
-Then the same folder is served by nginx (Debian's package: `apt-get install nginx`; started
-here on a free loopback port with a generated configuration in the temporary folder, one
-worker, sendfile on, access log on like serve's) with the same download pattern and no
-reports: the anchor. Prints both and the ratio. Bounded: --devices <= 1000, --deadline
-seconds per run; traffic only to 127.0.0.1.
+Then nginx (`apt-get install nginx`) serves the same folder on a free loopback port (generated
+configuration, one worker, sendfile on, access log on) to the same downloads, no reports: the
+anchor. Prints both and the ratio. Bounded: --devices <= 1000, --deadline s per run, 127.0.0.1.
 
     python bench/serve_scale.py [--devices 1000] [--size-mb 100] [--per-pool 10] [--json]
 """
@@ -74,22 +72,19 @@ class Run:
         """Seconds from the first download's start to the last one's end."""
         return max(0.0, self.last - self.first)
 
-    def summary(self, size: int) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "seconds": round(self.seconds, 2), "received_bytes": self.received,
             "downloads": self.downloads, "resumed": self.resumed,
             "download_seconds": round(self.window, 2),
             "mb_per_s": round(self.received / self.window / 1e6, 1) if self.window else 0.0,
             "peak_rss_mib": round(self.rss_kib / 1024, 1), "server_cpu_s": round(self.cpu_seconds, 1),
-            "errors": len(self.errors),
-            "error_samples": self.errors[:5]}
-        if self.reports:
-            out["reports"] = len(self.reports)
-            out["report_p50_ms"] = round(1000 * statistics.median(self.reports), 2)
-            out["report_p99_ms"] = round(1000 * percentile(self.reports, 99), 2)
-        if self.served:
-            out["report_server_p50_ms"] = round(1000 * statistics.median(self.served), 2)
-            out["report_server_p99_ms"] = round(1000 * percentile(self.served, 99), 2)
+            "errors": len(self.errors), "error_samples": self.errors[:5]}
+        for name, values in (("report", self.reports), ("report_server", self.served)):
+            if values:
+                out[f"{name}_count"] = len(values)
+                out[f"{name}_p50_ms"] = round(1000 * statistics.median(values), 2)
+                out[f"{name}_p99_ms"] = round(1000 * percentile(values, 99), 2)
         return out
 
 
@@ -151,29 +146,19 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], seconds: float = 20
     raise SystemExit(f"the server did not start listening on {HOST}:{port}")
 
 
-def peak_rss_kib(pids: list[int]) -> int:
-    """The largest VmHWM among ``pids`` (kB)."""
-    peak = 0
+def proc_figures(pids: list[int]) -> tuple[int, float]:
+    """(largest VmHWM in kB, user + system CPU seconds in all) of ``pids``, from /proc."""
+    peak, ticks = 0, 0
     for pid in pids:
         try:
-            text = Path(f"/proc/{pid}/status").read_text()
+            status = Path(f"/proc/{pid}/status").read_text()
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        match = re.search(r"^VmHWM:\s+(\d+) kB", text, re.M)
+        match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
         peak = max(peak, int(match.group(1)) if match else 0)
-    return peak
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of ``pids`` so far (/proc/PID/stat)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / os.sysconf("SC_CLK_TCK")
+        ticks += int(stat[11]) + int(stat[12])  # utime, stime (fields 14 and 15 of stat)
+    return peak, ticks / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -301,8 +286,7 @@ def run_serve(folder: Path, site: Path, args: argparse.Namespace, sha: str) -> R
         devices = [Device(n) for n in range(args.devices)]
         run = asyncio.run(load(f"http://{HOST}:{port}", f"onie-installer-{PLATFORM}", devices,
                                args.size, sha, args.cut_every, args.per_pool, True, args.deadline))
-        run.rss_kib = peak_rss_kib([proc.pid])
-        run.cpu_seconds = cpu_seconds([proc.pid])
+        run.rss_kib, run.cpu_seconds = proc_figures([proc.pid])
     finally:
         proc.terminate()
         proc.wait(60)
@@ -322,11 +306,8 @@ error_log {tmp}/nginx-error.log warn;
 events {{ worker_connections 8192; }}
 http {{
     access_log {tmp}/nginx-access.log;
-    client_body_temp_path {tmp}/nginx-body;
-    proxy_temp_path {tmp}/nginx-proxy;
-    fastcgi_temp_path {tmp}/nginx-fastcgi;
-    uwsgi_temp_path {tmp}/nginx-uwsgi;
-    scgi_temp_path {tmp}/nginx-scgi;
+    client_body_temp_path {tmp}/nginx-body; proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi; uwsgi_temp_path {tmp}/nginx-uwsgi; scgi_temp_path {tmp}/nginx-scgi;
     sendfile on;
     tcp_nopush on;
     keepalive_requests 100000;
@@ -354,8 +335,7 @@ def run_nginx(folder: Path, args: argparse.Namespace, sha: str) -> Run:
         devices = [Device(n) for n in range(args.devices)]
         run = asyncio.run(load(f"http://{HOST}:{port}", "installer.bin", devices, args.size, sha,
                                args.cut_every, args.per_pool, False, args.deadline))
-        run.rss_kib = peak_rss_kib([proc.pid, *children(proc.pid)])
-        run.cpu_seconds = cpu_seconds([proc.pid, *children(proc.pid)])
+        run.rss_kib, run.cpu_seconds = proc_figures([proc.pid, *children(proc.pid)])
     finally:
         proc.terminate()
         proc.wait(60)
@@ -390,10 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         "devices": args.devices, "installer_bytes": args.size, "per_pool": args.per_pool,
         "cut_every": args.cut_every, "cpus": os.cpu_count(),
         "load_before": [round(x, 2) for x in load_before],
-        "load_after": [round(x, 2) for x in os.getloadavg()],
-        "serve": serve.summary(args.size)}
+        "load_after": [round(x, 2) for x in os.getloadavg()], "serve": serve.summary()}
     if nginx is not None:
-        result["nginx"] = nginx.summary(args.size)
+        result["nginx"] = nginx.summary()
         if result["nginx"]["mb_per_s"]:
             result["ratio"] = round(result["serve"]["mb_per_s"] / result["nginx"]["mb_per_s"], 3)
     if args.json:
@@ -402,20 +381,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.devices} devices x {args.size / 1e6:g} MB, {args.per_pool} per pool, "
               f"every {args.cut_every}th cut and resumed; load {result['load_before']} -> "
               f"{result['load_after']} on {result['cpus']} CPUs")
-        for name in ("serve", "nginx"):
-            if name not in result:
-                continue
-            r = result[name]
+        for name, r in ((n, result[n]) for n in ("serve", "nginx") if n in result):
             line = (f"  {name:<6} {r['mb_per_s']:>8} MB/s  {r['download_seconds']} s "
                     f"({r['seconds']} s in all)  {r['downloads']} downloads ({r['resumed']} resumed)  "
                     f"peak RSS {r['peak_rss_mib']} MiB  CPU {r['server_cpu_s']} s  {r['errors']} errors")
-            if "reports" in r:
-                line += (f"\n         reports {r['reports']}: p50 {r['report_p50_ms']} ms p99 "
+            if "report_count" in r:
+                line += (f"\n         reports {r['report_count']}: p50 {r['report_p50_ms']} ms p99 "
                          f"{r['report_p99_ms']} ms at the client; in serve (its access log) p50 "
                          f"{r.get('report_server_p50_ms')} ms p99 {r.get('report_server_p99_ms')} ms")
             print(line)
-            for error in r["error_samples"]:
-                print(f"    error: {error}")
+            print("".join(f"    error: {e}\n" for e in r["error_samples"]), end="")
         if "ratio" in result:
             print(f"  serve / nginx throughput: {result['ratio']:.3f}")
     return 1 if serve.errors or (nginx is not None and nginx.errors) else 0

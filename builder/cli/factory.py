@@ -68,9 +68,13 @@ def dhcp_config(names: tuple[str, ...], site_path: Path, fmt: str, family: str,
               "'database:', else <site-file-stem>.db beside the site file.")
 @click.option("--per-address", type=click.IntRange(0, 100_000), default=32, show_default=True,
               help="Open connections allowed from one client address (0: no cap).")
+@click.option("--grace", type=click.FloatRange(0, 86_400), default=30.0, show_default=True,
+              help="On SIGTERM or Ctrl-C: seconds downloads in flight may take to finish before "
+              "they are cut (a second signal cuts them at once).")
 @handle_errors
 def serve(site_path: Path, out_dir: Path, listen: tuple[str, ...], http_port: int | None,
-          https_port: int | None, database: str | None, per_address: int) -> None:
+          https_port: int | None, database: str | None, per_address: int,
+          grace: float) -> None:
     """Serve OUT and the site's installers to ONIE devices, and collect their status.
 
     Waterfall names (`onie-installer-<platform>` ...) get the installer the site assigns to
@@ -81,7 +85,9 @@ def serve(site_path: Path, out_dir: Path, listen: tuple[str, ...], http_port: in
     may share one PostgreSQL database. The live status page is at /, the same data for
     scripts at /status.json and /status/<key>.json (or `onie-builder status URL --json`).
     Idle connections time out and each address may hold --per-address of them.
-    Stop with Ctrl-C.
+    Every request is logged (address, device, method, path, status, bytes, seconds) and
+    /metrics has Prometheus metrics. Stop with Ctrl-C or SIGTERM: new connections are refused
+    at once, downloads in flight get --grace seconds, then the rest are cut; exit 0.
     """
     from builder.factory.db.engine import default_url, normalize_url
     from builder.factory.limits import Limits
@@ -99,7 +105,7 @@ def serve(site_path: Path, out_dir: Path, listen: tuple[str, ...], http_port: in
         click.echo(f"status page: {urls[0]}/", err=True)
         sys.stdout.flush()
 
-    run_server(server, ready)
+    run_server(server, ready, grace)
 
 
 @click.command()

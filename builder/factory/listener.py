@@ -1,10 +1,13 @@
 """The running ``serve``: listening sockets (HTTP and HTTPS), each connection guarded by
 ``builder.factory.limits``, the aiohttp application of ``builder.factory.serve`` behind them,
-and the CLI's loop until SIGINT or SIGTERM."""
+the access log of ``builder.factory.ops``, and the CLI's loop until SIGINT or SIGTERM, which
+stops gracefully: no new connections, downloads in flight get a grace period, then the rest
+are cut and the store is closed."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 import ssl
@@ -24,10 +27,15 @@ from builder.factory.limits import (
     install_log_limits,
     remove_log_limits,
 )
+from builder.factory.ops import ACCESS, access_logger
 from builder.factory.registry import DbRegistry
 from builder.factory.serve import Provisioner, make_app
 from builder.factory.site import Site
 from builder.factory.status import StatusStore
+
+log = logging.getLogger(__name__)
+# Seconds for the handlers of cut downloads and other requests to end after the grace.
+SETTLE = 5.0
 
 
 @dataclass
@@ -101,8 +109,9 @@ class Server:
         self._limiter = install_log_limits(self.limits)
         # keepalive_timeout bounds the wait for every request after the first on a connection
         # (Guard bounds the first); aiohttp closes an idle keep-alive connection after it.
-        self._runner = web.AppRunner(make_app(self.provisioner), access_log=None,
-                                     handle_signals=False,
+        self._runner = web.AppRunner(make_app(self.provisioner), access_log=ACCESS,
+                                     access_log_class=access_logger(self.provisioner.ops),
+                                     handle_signals=False, shutdown_timeout=SETTLE,
                                      keepalive_timeout=self.limits.idle_timeout)
         await self._runner.setup()
         handlers = self._runner.server
@@ -115,14 +124,32 @@ class Server:
                 lambda: Guard(handlers(), self.tracker), sock=listener.sock, backlog=1024, **tls))
         return [listener.url for listener in self.listeners]
 
-    async def stop(self) -> None:
-        """Stop serving and close the sockets."""
+    async def stop(self, grace: float = 0.0, hurry: asyncio.Event | None = None) -> None:
+        """Stop: refuse new connections at once, let downloads in flight go on for ``grace``
+        seconds (or until ``hurry`` is set), cut the rest (their clients get a short body),
+        close every connection and then the store."""
         for server in self._servers:
-            server.close()
+            server.close()  # the listening sockets: a new connection is refused from here on
+        self._servers = []
+        ops = self.provisioner.ops
+        if self._runner is not None and self._runner.server is not None:
+            self._runner.server.pre_shutdown()  # keep-alive ends after each current request
+        waiting = len(ops.downloads)
+        if grace > 0 and waiting:
+            log.info("stopping: no new connections; %d download(s) in flight get up to %g s",
+                     waiting, grace)
+            await ops.drain(grace, hurry)
+        else:
+            log.info("stopping: no new connections; %d download(s) in flight", waiting)
+        cut = ops.cut_all()
+        if cut:
+            await ops.drain(SETTLE)
+        level = logging.WARNING if cut else logging.INFO
+        log.log(level, "stopped: %d download(s) finished, %d cut", waiting - cut, cut)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        self._servers = []
+        self.store.close()  # the state database's queued events written, connections released
         if self._limiter is not None:
             remove_log_limits(self._limiter)
             self._limiter = None
@@ -132,20 +159,31 @@ class Server:
         self.store.close()
 
 
-def run_server(server: Server, ready: Callable[[list[str]], Any]) -> None:
-    """Serve until SIGINT or SIGTERM (the CLI's loop); ``ready`` gets the URLs once bound."""
+def run_server(server: Server, ready: Callable[[list[str]], Any], grace: float = 0.0) -> None:
+    """Serve until SIGINT or SIGTERM (the CLI's loop); ``ready`` gets the URLs once bound.
+    Then stop with ``grace`` seconds for downloads in flight; a second signal cuts them now."""
 
     async def main() -> None:
         stop = asyncio.Event()
+        hurry = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def signalled(signum: signal.Signals) -> None:
+            if stop.is_set():
+                log.warning("%s again: cutting the downloads in flight now", signum.name)
+                hurry.set()
+            else:
+                log.info("%s: stopping", signum.name)
+                stop.set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, signalled, signum)
         urls = await server.start()
         ready(urls)
         try:
             await stop.wait()
         finally:
-            await server.stop()
+            await server.stop(grace, hurry)
 
     try:
         asyncio.run(main())

@@ -30,16 +30,17 @@ from pathlib import Path
 from aiohttp import web
 
 from builder.factory.limits import Limits
+from builder.factory.ops import DEVICE, SENT, Ops, state_counts
 from builder.factory.registry import KeyRegistry
 from builder.factory.reports import AUTH_SCHEME, accept_report
 from builder.factory.site import Site
 from builder.factory.status import MAX_PAGE, PAGE, Device, Identity, StatusStore, identity_from_headers
+from builder.factory.transfer import send_span
 from builder.factory.values import MAC_RE, normalize_mac, parse_platform
 from builder.render import BUILTIN_TEMPLATES
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
 MAX_PATH = 1024  # characters of a request path; longer ones get 414
 WATERFALL_RE = re.compile(r"^onie-(?P<kind>installer|updater)(?:-(?P<suffix>[A-Za-z0-9_.-]+?))?"
                           r"(?:\.bin)?$")
@@ -58,6 +59,10 @@ class Provisioner:
     store: StatusStore
     registry: KeyRegistry
     limits: Limits = field(default_factory=Limits)
+    ops: Ops = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ops = Ops(lambda: state_counts(self.store))
 
     def choose(self, kind: str, suffix: str | None, who: Identity) -> tuple[Path, str] | None:
         """The file answering waterfall name ``onie-<kind>[-<suffix>]`` for ``who``, or None."""
@@ -115,6 +120,7 @@ def make_app(provisioner: Provisioner) -> web.Application:
     app.router.add_get("/status/{key}.json", device_json)
     app.router.add_post("/status", post_status)
     app.router.add_get("/onie-ca.pem", ca_file)
+    app.router.add_get("/metrics", provisioner.ops.metrics)
     app.router.add_get("/{path:.*}", get_file)
     return app
 
@@ -202,6 +208,7 @@ async def post_status(request: web.Request) -> web.Response:
         log.info("status refused (%d): %s", outcome.status, outcome.text)
         headers = {"WWW-Authenticate": AUTH_SCHEME} if outcome.status == 401 else None
         return web.Response(status=outcome.status, text=outcome.text + "\n", headers=headers)
+    request[DEVICE] = device.key
     log.info("status: %s %s %s", device.key, device.phase, device.result)
     return web.json_response({"device": device.key, "phase": device.phase, "result": device.result})
 
@@ -221,6 +228,8 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     parts = [p for p in rel.split("/") if p]
     mac_hint = next((normalize_mac(p) for p in parts[:-1] if MAC_RE.match(p)), None)
     who = identity_from_headers(request.headers, request.remote, mac_hint)
+    if who.key is not None:
+        request[DEVICE] = who.key
     match = WATERFALL_RE.match(parts[-1]) if parts else None
     device = tracked_device(provisioner, who, waterfall=match is not None)
     provisioner.store.note_request(device, "/" + rel)
@@ -273,38 +282,40 @@ async def send_file(request: web.Request, path: Path, device: Device | None,
     device = device if tracked else None
     if device is not None:
         store.start_download(device, path.name, size, start)
+    ops = provisioner.ops
     sent = 0
+    request[SENT] = 0
+
+    def took(count: int) -> None:
+        nonlocal sent
+        sent += count
+        request[SENT] = sent
+        ops.bytes_served.inc(count)
+        if device is not None:
+            store.add_bytes(device, count)
+
     done = False
-    loop = asyncio.get_running_loop()
-    try:
-        with path.open("rb") as handle:
-            handle.seek(start)
-            while sent < end - start:
-                chunk = await loop.run_in_executor(None, handle.read, min(CHUNK, end - start - sent))
-                if not chunk:
-                    break
-                # Counted when handed to the connection: a write waits for the client to take
-                # what is queued, so a client that vanishes during the first chunk would
-                # otherwise count nothing although it received part of it.
-                sent += len(chunk)
-                if device is not None:
-                    store.add_bytes(device, len(chunk))
+    with ops.download(request) as download:
+        try:
+            with path.open("rb", buffering=0) as handle:
                 # A client that stops reading would hold the connection, the file and the
-                # buffers for ever: each chunk must be taken within send_timeout.
-                async with asyncio.timeout(provisioner.limits.send_timeout):
-                    await response.write(chunk)
-        await response.write_eof()
-        done = sent == end - start
-    except ConnectionError:  # reset, broken pipe, or aiohttp's "Connection lost"
-        log.info("%s: client went away, %d of %d bytes handed over", ascii(path.name), sent,
-                 end - start)
-    except TimeoutError:
-        log.info("%s: client stalled, %d of %d bytes handed over", ascii(path.name), sent, end - start)
-        if request.transport is not None:
-            request.transport.abort()
-    finally:
-        if tracked:
-            store.finish_download(device, complete=done and end == size)
+                # buffers for ever: each piece must be taken within send_timeout.
+                await send_span(request, response, handle, start, end,
+                                provisioner.limits.send_timeout, took)
+            if sent == end - start:
+                await response.write_eof()
+                done = True
+        except ConnectionError:  # reset, broken pipe, aiohttp's "Connection lost", shutdown's cut
+            why = "cut at shutdown" if download.cut else "client went away"
+            log.info("%s: %s, %d of %d bytes handed over", ascii(path.name), why, sent, end - start)
+        except TimeoutError:
+            log.info("%s: client stalled, %d of %d bytes handed over", ascii(path.name), sent,
+                     end - start)
+            if request.transport is not None:
+                request.transport.abort()
+        finally:
+            if tracked:
+                store.finish_download(device, complete=done and end == size)
     return response
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -72,6 +73,12 @@ def debian_roots(
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCH = "1700000000"
+
+
+def digest(path: Path) -> str:
+    """A file's sha256, for comparing outputs: a failed assert then names two digests instead
+    of diffing megabytes (pytest's difflib took the worker's whole timeout on one image)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,

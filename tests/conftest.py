@@ -110,8 +110,10 @@ class Built:
 
     def __call__(self, name: str) -> Path:
         if name not in self.done:
-            proc = run_cli("build", "--allow-untrusted", name, "--out", str(self.out), "--json", "--no-lock",
-                           env=self.cache_env)
+            # One --out per recipe: recipes of one platform string (lab_x86_64 extends
+            # qemu_x86_64) would otherwise overwrite each other's out/<platform>.
+            proc = run_cli("build", "--allow-untrusted", name, "--out", str(self.out / name), "--json",
+                           "--no-lock", env=self.cache_env)
             self.done[name] = Path(json.loads(proc.stdout)["result"][0]["out"])
             self.output[self.done[name]] = proc
         return self.done[name]

@@ -149,6 +149,7 @@ class Server:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.provisioner.reports.close()  # reports in flight decided and committed
         self.store.close()  # the state database's queued events written, connections released
         if self._limiter is not None:
             remove_log_limits(self._limiter)
@@ -156,6 +157,7 @@ class Server:
 
     def close(self) -> None:
         """Write what is queued and release the database (after ``stop``)."""
+        self.provisioner.reports.close()
         self.store.close()
 
 

@@ -1,15 +1,29 @@
-"""Taking a device's status report: parse it, check its signature, judge it against the key
+"""Taking devices' status reports: parse each, check its signature, judge it against the key
 registry (trust on first use, replays, changed keys) and apply it to the status store, the
-report and its registry change in one database transaction, committed before the answer.
+report and its registry change in a database transaction committed before the answer.
 
-``accept_report`` is the whole decision as one function from a request's body, its
-``Authorization`` value and the client's address to an ``Outcome`` (an HTTP status and a
+``ReportWriter`` is the server's way (group commit): one writer thread takes every report
+that arrived while its previous transaction was committing and judges and applies them, in
+arrival order, in one transaction, each in its own savepoint; every report is answered only
+once that transaction has committed, so a burst of reports costs one sync, not one each. The
+judgement is the same as one by one: a report sees what the reports before it in the batch
+did (the second of two reports with the same counter is a replay, 409). ``accept_report``
+is a batch of one, in the caller's thread. Each gives an ``Outcome`` (an HTTP status and a
 one-line text); ``builder.factory.serve`` only moves bytes. docs/factory.md, "Status protocol".
 """
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from builder.factory.db.engine import describe
 
 from builder.factory.identity import (
     AUTH_SCHEME,
@@ -24,9 +38,12 @@ from builder.factory.registry import KeyRegistry, Raced, Verdict, binding_for, j
 from builder.factory.site import Site
 from builder.factory.status import Device, Identity, StatusStore
 
-RETRIES = 5  # a race lost to another server is judged again, in a new transaction
+log = logging.getLogger(__name__)
 
-__all__ = ["AUTH_SCHEME", "Outcome", "accept_report"]
+RETRIES = 5  # a race lost to another server is judged again (its savepoint rolled back)
+BATCH = 256  # reports in one transaction at most
+
+__all__ = ["AUTH_SCHEME", "BATCH", "Outcome", "ReportWriter", "accept_report", "decide_batch"]
 
 
 @dataclass(frozen=True)
@@ -38,24 +55,146 @@ class Outcome:
     device: Device | None = None
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A report as it arrived: its body, ``Authorization`` value and the client's address."""
+
+    body: bytes
+    authorization: str | None
+    address: str | None
+
+
 def accept_report(store: StatusStore, registry: KeyRegistry, site: Site, body: bytes,
                   authorization: str | None, address: str | None) -> Outcome:
     """Decide on one report and apply it when accepted (200), committed before returning."""
+    [outcome] = decide_batch(store, registry, site, [Pending(body, authorization, address)])
+    return outcome
+
+
+def decide_batch(store: StatusStore, registry: KeyRegistry, site: Site,
+                 batch: list[Pending]) -> list[Outcome]:
+    """The outcome of every report of ``batch``, judged in order and applied in one
+    transaction, committed before returning (SQLAlchemyError when the commit fails: then
+    nothing of the batch is applied)."""
+    checked = [_check(pending) for pending in batch]
+    if all(isinstance(item, Outcome) for item in checked):
+        return [item for item in checked if isinstance(item, Outcome)]
+    outcomes: list[Outcome] = []
+    with store.atomic() as conn:
+        for item, pending in zip(checked, batch, strict=True):
+            outcomes.append(item if isinstance(item, Outcome)
+                            else _judged(conn, store, registry, site, item, pending.address))
+    return outcomes
+
+
+def _check(pending: Pending) -> Report | Outcome:
+    """The parsed report when it is well formed and correctly signed, else the refusal."""
     try:
-        report = parse_report(body)
+        report = parse_report(pending.body)
     except ReportError as exc:
         return Outcome(400, f"bad status report: {exc}")
     try:
-        check_signature(report, body, authorization)
+        check_signature(report, pending.body, pending.authorization)
     except SignatureError as exc:
         return Outcome(401, f"bad signature: {exc}")
+    return report
+
+
+def _judged(conn: Connection, store: StatusStore, registry: KeyRegistry, site: Site,
+            report: Report, address: str | None) -> Outcome:
+    """One report judged and applied in its own savepoint of the batch's transaction: a race
+    lost to another server undoes only this report's writes, and it is judged again."""
     for _ in range(RETRIES):
         try:
-            with store.atomic():
+            with conn.begin_nested():
                 return _decide(store, registry, site, report, address)
         except Raced:
             continue
     return Outcome(503, "busy: the report raced other servers too often; send it again")
+
+
+class ReportWriter:
+    """The group-commit writer: a queue of reports and the thread that decides them."""
+
+    def __init__(self, store: StatusStore, registry: KeyRegistry, site: Site, *,
+                 start: bool = True) -> None:
+        self.store, self.registry, self.site = store, registry, site
+        self.batches = 0  # transactions committed, for the tests and the figures
+        self.reports = 0
+        self._queue: queue.Queue[tuple[Pending, Future[Outcome]] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="status-reports", daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the writer thread (reports submitted before wait for it)."""
+        self._thread.start()
+
+    def submit(self, body: bytes, authorization: str | None,
+               address: str | None) -> Future[Outcome]:
+        """Queue a report; the future's outcome is set once it is decided and, when it
+        changed anything, committed."""
+        future: Future[Outcome] = Future()
+        with self._lock:
+            if self._closed:
+                future.set_result(Outcome(503, "the server is stopping; send the report again"))
+            else:
+                self._queue.put((Pending(body, authorization, address), future))
+        return future
+
+    def close(self) -> None:
+        """Decide what is queued, then stop the thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(60)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch: list[tuple[Pending, Future[Outcome]]] = []
+            item = self._queue.get()
+            while True:
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+                if stop or len(batch) >= BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Pending, Future[Outcome]]]) -> None:
+        """Decide ``batch`` in one transaction, then answer; when that transaction fails,
+        one report at a time, so one bad report does not take the others with it."""
+        try:
+            outcomes = decide_batch(self.store, self.registry, self.site,
+                                    [pending for pending, _ in batch])
+        except SQLAlchemyError as exc:
+            if len(batch) > 1:
+                for one in batch:
+                    self._commit([one])
+                return
+            log.error("state database: a status report not written: %s", describe(exc))
+            batch[0][1].set_exception(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - the waiting request gets it, not the thread
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        self.batches += 1
+        self.reports += len(batch)
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            future.set_result(outcome)
 
 
 def _decide(store: StatusStore, registry: KeyRegistry, site: Site, report: Report,

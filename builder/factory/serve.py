@@ -32,7 +32,7 @@ from aiohttp import web
 from builder.factory.limits import Limits
 from builder.factory.ops import DEVICE, SENT, Ops, state_counts
 from builder.factory.registry import KeyRegistry
-from builder.factory.reports import AUTH_SCHEME, accept_report
+from builder.factory.reports import AUTH_SCHEME, ReportWriter
 from builder.factory.site import Site
 from builder.factory.status import MAX_PAGE, PAGE, Device, Identity, StatusStore, identity_from_headers
 from builder.factory.transfer import send_span
@@ -52,7 +52,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @dataclass
 class Provisioner:
     """The state behind the handlers: the site, the out/ tree, the device store, the key
-    registry and the bounds."""
+    registry, the bounds and the writer thread of devices' reports (group commit)."""
 
     site: Site
     out_dir: Path
@@ -60,9 +60,11 @@ class Provisioner:
     registry: KeyRegistry
     limits: Limits = field(default_factory=Limits)
     ops: Ops = field(init=False)
+    reports: ReportWriter = field(init=False)
 
     def __post_init__(self) -> None:
         self.ops = Ops(lambda: state_counts(self.store))
+        self.reports = ReportWriter(self.store, self.registry, self.site)
 
     def choose(self, kind: str, suffix: str | None, who: Identity) -> tuple[Path, str] | None:
         """The file answering waterfall name ``onie-<kind>[-<suffix>]`` for ``who``, or None."""
@@ -199,10 +201,10 @@ async def post_status(request: web.Request) -> web.Response:
             body = await request.read()  # aiohttp answers 413 past client_max_size
     except TimeoutError:
         raise web.HTTPRequestTimeout(text="the report's body did not arrive in time\n") from None
-    # Committed to the database before the answer; off the event loop, which keeps serving.
-    outcome = await asyncio.get_running_loop().run_in_executor(
-        None, accept_report, provisioner.store, provisioner.registry, provisioner.site, body,
-        request.headers.get("Authorization"), request.remote)
+    # Committed to the database before the answer, with the reports that arrived meanwhile
+    # (group commit), by the writer thread: the event loop keeps serving.
+    outcome = await asyncio.wrap_future(provisioner.reports.submit(
+        body, request.headers.get("Authorization"), request.remote))
     device = outcome.device
     if device is None:
         log.info("status refused (%d): %s", outcome.status, outcome.text)

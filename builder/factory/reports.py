@@ -24,7 +24,6 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from builder.factory.db.engine import describe
-
 from builder.factory.identity import (
     AUTH_SCHEME,
     Report,
@@ -187,7 +186,7 @@ class ReportWriter:
             log.error("state database: a status report not written: %s", describe(exc))
             batch[0][1].set_exception(exc)
             return
-        except Exception as exc:  # noqa: BLE001 - the waiting request gets it, not the thread
+        except Exception as exc:  # the waiting requests get it (500), not the thread
             for _, future in batch:
                 future.set_exception(exc)
             return

@@ -178,17 +178,14 @@ class ReportWriter:
         try:
             outcomes = decide_batch(self.store, self.registry, self.site,
                                     [pending for pending, _ in batch])
-        except SQLAlchemyError as exc:
+        except Exception as exc:  # the waiting request gets it (500), not the thread
             if len(batch) > 1:
                 for one in batch:
                     self._commit([one])
                 return
-            log.error("state database: a status report not written: %s", describe(exc))
+            if isinstance(exc, SQLAlchemyError):
+                log.error("state database: a status report not written: %s", describe(exc))
             batch[0][1].set_exception(exc)
-            return
-        except Exception as exc:  # the waiting requests get it (500), not the thread
-            for _, future in batch:
-                future.set_exception(exc)
             return
         self.batches += 1
         self.reports += len(batch)

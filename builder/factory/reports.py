@@ -24,6 +24,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from builder.factory.db.engine import describe
+from builder.factory.db.journal import take_batch
 from builder.factory.identity import (
     AUTH_SCHEME,
     Report,
@@ -156,19 +157,7 @@ class ReportWriter:
     def _run(self) -> None:
         stop = False
         while not stop:
-            batch: list[tuple[Pending, Future[Outcome]]] = []
-            item = self._queue.get()
-            while True:
-                if item is None:
-                    stop = True
-                else:
-                    batch.append(item)
-                if stop or len(batch) >= BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            batch, stop = take_batch(self._queue, BATCH)
             if batch:
                 self._commit(batch)
 

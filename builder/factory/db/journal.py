@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,7 +21,25 @@ from builder.factory.db.engine import Database, describe
 log = logging.getLogger(__name__)
 
 Op = Callable[[Connection], None]
+T = TypeVar("T")
+Item = Op | threading.Event  # an operation, or a marker set once what came before is committed
 BATCH = 500  # operations in one transaction at most
+
+
+def take_batch(source: queue.Queue[T | None], limit: int) -> tuple[list[T], bool]:
+    """What a writer thread commits next: the first item (waited for) and whatever else is
+    queued, up to ``limit`` items; and whether ``None`` (stop) was met."""
+    batch: list[T] = []
+    item = source.get()
+    while item is not None:
+        batch.append(item)
+        if len(batch) >= limit:
+            return batch, False
+        try:
+            item = source.get_nowait()
+        except queue.Empty:
+            return batch, False
+    return batch, True
 
 
 class Journal:
@@ -28,7 +47,7 @@ class Journal:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._queue: queue.Queue[Op | threading.Event | None] = queue.Queue()
+        self._queue: queue.Queue[Item | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="state-journal", daemon=True)
         self._thread.start()
 
@@ -53,22 +72,10 @@ class Journal:
     def _run(self) -> None:
         stop = False
         while not stop:
-            batch: list[Op] = []
-            markers: list[threading.Event] = []
-            item = self._queue.get()
-            while True:
-                if item is None:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    markers.append(item)
-                else:
-                    batch.append(item)
-                if stop or len(batch) >= BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            taken: tuple[list[Item], bool] = take_batch(self._queue, BATCH)
+            items, stop = taken
+            markers = [i for i in items if isinstance(i, threading.Event)]
+            batch = [i for i in items if not isinstance(i, threading.Event)]
             if batch:
                 self._commit(batch)
             for marker in markers:

@@ -59,6 +59,41 @@ def test_after_enter_the_command_output_is_not_held() -> None:
     assert keeper.shown(b"\r\nbin  etc\r\n" + PROMPT) == b"\r\nbin  etc\r\n" + PROMPT
 
 
+def test_a_line_arriving_between_enter_and_its_newline_goes_above_the_command() -> None:
+    """(A clean CI run caught discovery's line printed after the command, before its newline.)"""
+    keeper = LineKeeper()
+    shown = keeper.shown(PROMPT)
+    keeper.typed(b"echo hi")
+    shown += keeper.shown(b"echo hi")
+    keeper.typed(b"\r")
+    shown += keeper.shown(DISCOVERY[:9])
+    shown += keeper.shown(DISCOVERY[9:] + b"\r\nhi\r\n" + PROMPT)
+    assert screen(shown) == [DISCOVERY.decode().strip(), "ONIE:/ # echo hi", "hi", "ONIE:/ #"]
+
+
+def test_after_enter_on_a_line_with_the_cursor_moved_output_is_not_held() -> None:
+    keeper = LineKeeper()
+    keeper.shown(PROMPT)
+    keeper.typed(b"ech hi")
+    keeper.shown(b"ech hi")
+    keeper.typed(b"\x1b[D\x1b[D\x1b[D")  # left arrow x3: the cursor after "ech"
+    keeper.shown(b"\b\b\b")
+    keeper.typed(b"o")
+    keeper.shown(b"o hi\b\b\b")
+    keeper.typed(b"\r")  # BusyBox answers with the line's rest, then the newline
+    assert keeper.shown(b" hi\r\nhi\r\n") == b" hi\r\nhi\r\n"
+
+
+def test_a_cursor_report_between_keys_leaves_enter_waiting_for_its_newline() -> None:
+    keeper = LineKeeper()
+    keeper.shown(PROMPT)
+    keeper.typed(b"\x1b[24;10R")  # the terminal's answer to the shell's query: no key
+    keeper.typed(b"ls")
+    keeper.shown(b"ls")
+    keeper.typed(b"\r")
+    assert keeper.shown(DISCOVERY) == ERASE_LINE + DISCOVERY + PROMPT + b"ls"
+
+
 def test_the_answer_to_an_editing_key_is_shown_at_once() -> None:
     keeper = LineKeeper()
     keeper.shown(PROMPT)
@@ -80,10 +115,24 @@ def test_held_text_is_shown_in_place_once_keys_typed_since_are_not_echoed() -> N
     keeper.typed(b"c")
     keeper.shown(b"c")
     assert keeper.shown(b"ompletion ") == b""  # text, not the echo: held...
-    keeper.typed(b"defg")
+    for key in b"defg":  # typed one by one
+        keeper.typed(bytes((key,)))
     assert keeper.shown(b"d") == b""  # (an echo does not end a held line: it may be its text)
-    keeper.typed(b"h")  # ...until more keys wait for their echo than a line's time allows
+    keeper.typed(b"h")  # ...until keys were typed more times than a line's time allows
     assert keeper.shown(b"efgh") == b"ompletion defgh"
+    assert keeper.finish() == b"\r\n"
+
+
+def test_a_paste_while_a_line_is_held_does_not_release_it() -> None:
+    """(A clean CI run: 22 keys sent at once released discovery's line where it came.)"""
+    keeper = LineKeeper()
+    shown = keeper.shown(PROMPT)
+    keeper.typed(b"echo a")
+    shown += keeper.shown(b"echo a")
+    shown += keeper.shown(DISCOVERY[:20])
+    keeper.typed(b"bc; echo ob-$((6 * 7))")
+    shown += keeper.shown(DISCOVERY[20:] + b"bc; echo ob-$((6 * 7))")
+    assert screen(shown) == [DISCOVERY.decode().strip(), "ONIE:/ # echo abc; echo ob-$((6 * 7))"]
     assert keeper.finish() == b"\r\n"
 
 

@@ -27,9 +27,13 @@ CR, LF, ESC = 0x0D, 0x0A, 0x1B
 CTRL_A, CTRL_C, CTRL_D, DEL = 0x01, 0x03, 0x04, 0x7F
 ERASE_LINE = b"\r\x1b[K"
 LINE_ENDS = frozenset((CR, LF, CTRL_C, CTRL_D))  # keys after which the shell starts a new line
+ENTER = frozenset((CR, LF))  # of those, the keys the shell answers with only a newline
+BS, TAB = 0x08, 0x09
+AT_END_KEYS = frozenset((BS, TAB, DEL))  # editing keys that leave the cursor at the line's end
 MAX_LINE = 4096  # bytes of the current line kept for redrawing (a prompt plus a command)
-# Keys typed while a line is held whose echo has not come: more and the held text was no line
-# (a line on a 115200-baud serial console takes milliseconds, less than typing so many keys).
+# Times keys were typed while a line is held (a read of the terminal: one key, or a whole
+# paste): more and the held text was no line (a line on a 115200-baud serial console takes
+# milliseconds, less than typing so many keys; a paste is one read, however long).
 PATIENCE = 4
 # A prompt ends in one of these (ash's "ONIE:/ # ", "$ ", "> ", "login: "): a key's echo
 # there starts a command; elsewhere the same letter may be the kernel's or discovery's.
@@ -54,9 +58,16 @@ class LineKeeper:
     not the echo and starts with text is someone else's line: it is held until its newline
     (echo included: a line from the kernel or discovery is one write the echo cannot cut),
     then printed after erasing the current line, which is drawn again below it. Held text that
-    turns out not to be a line (``PATIENCE`` keys typed since are still not echoed) is shown
+    turns out not to be a line (keys typed ``PATIENCE`` times since it came) is shown
     where it came. After an editing key (backspace, Tab, arrows) the guest's answer is shown
-    as it comes, and nothing is held until the next text key.
+    as it comes, and nothing is held until the next text key; once a key may have moved the
+    cursor off the line's end (left, right, Home...), nothing is held until the line ends, as
+    the echo of a key then redraws the rest of the line. Enter with the cursor at the end is
+    answered by the shell with a newline alone: until it comes, the line is still the prompt
+    being edited, and a line from someone else that comes first goes above it, not after the
+    command. One case stays ambiguous: a key typed just as another writer's line begins with
+    that very character (discovery's lines begin with "o", the kernel's with "[") is taken for
+    its echo; that line is then drawn one character short, and the command once more below.
     """
 
     def __init__(self) -> None:
@@ -65,14 +76,18 @@ class LineKeeper:
         self.held = bytearray()  # another writer's line, held until its newline
         self.editing = False  # the current line holds echoed typing: a prompt being edited
         self.answering = False  # the last key was an editing key: its answer is unforeseeable
+        self.moved = False  # an editing key since the last line end: the cursor may be anywhere
+        self.typed_while_held = 0  # times keys were typed since ``held`` began
         self._monitor_key = False  # Ctrl-A was typed: the next key is for QEMU's mux
         self._key_escape = 0  # inside a typed escape sequence (arrow keys): 1 after ESC, 2 in CSI
-        self._answering_before = False  # ``answering`` before that sequence
+        self._answering_before = (False, False)  # ``answering`` and ``moved`` before it
         self._guest_escape = 0  # inside an escape sequence from the guest (same states)
         self.aside_part = bytearray()  # QEMU's own message (stderr), held until its newline
 
     def typed(self, data: bytes) -> None:
-        """Note keys the user sent to the guest."""
+        """Note keys the user sent to the guest (one read of the terminal)."""
+        if self.held:
+            self.typed_while_held += 1
         for byte in data:
             self._key(byte)
 
@@ -85,22 +100,33 @@ class LineKeeper:
             self._monitor_key = True
             return
         if self._key_escape:
+            in_sequence = self._key_escape == 2
             self._key_escape = escape_state(self._key_escape, byte)
             if not self._key_escape and byte == ord("R"):  # the terminal's cursor report: no key
-                self.answering = self._answering_before
+                self.answering, self.moved = self._answering_before
+            elif not self._key_escape and in_sequence and byte in b"AB":
+                self.moved = False  # up, down: a line from the history, the cursor at its end
             return
-        if byte in LINE_ENDS:
+        if byte in ENTER and not self.moved:
+            # The cursor at the end: the shell answers with the echoes still to come and a
+            # newline, nothing else, so the line stays the one being edited until ``_show``
+            # sees that newline (a line that comes first is someone else's)
+            self.answering = False
+        elif byte in LINE_ENDS:
             self.pending.clear()
-            self.editing = self.answering = False
+            self.editing = self.answering = self.moved = False
         elif byte == ESC:
             self._key_escape = 1
-            self._answering_before, self.answering = self.answering, True
+            self._answering_before = (self.answering, self.moved)
+            self.answering = self.moved = True
         elif printable(byte):
-            self.answering = False
+            # after the cursor moved, a key's echo redraws the rest of the line: unforeseeable
+            self.answering = self.moved
             if len(self.pending) < MAX_LINE:
                 self.pending.append(byte)
         else:  # backspace, Tab...: the shell redraws in its own way
             self.answering = True
+            self.moved = self.moved or byte not in AT_END_KEYS
 
     def shown(self, data: bytes) -> bytes:
         """What the terminal should print for ``data``, output of the guest."""
@@ -112,7 +138,7 @@ class LineKeeper:
             return bytes(out)
         for byte in data:
             if self.held:
-                if len(self.pending) <= PATIENCE:
+                if self.typed_while_held <= PATIENCE:
                     self.held.append(byte)
                     if byte == LF:
                         out += self._foreign_line()
@@ -183,6 +209,7 @@ class LineKeeper:
     def _release(self) -> bytes:
         held = bytes(self.held)
         self.held.clear()
+        self.typed_while_held = 0
         return held
 
     def _foreign_line(self) -> bytes:

@@ -9,6 +9,7 @@ import os
 import shlex
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,7 +28,12 @@ from builder.initramfs.sizes import ComponentSize, measure_components
 from builder.initramfs.tree import Kind, Tree
 from builder.initramfs.trust import describe_trust, load_trust
 from builder.progress import Phase, Step, plain_step
-from builder.provenance.documents import describe_provenance, write_provenance, write_sboms
+from builder.provenance.documents import (
+    describe_provenance,
+    prepare_sboms,
+    write_provenance,
+    write_sboms,
+)
 from builder.recipe.formats import Compression
 from builder.recipe.model import Arch, Recipe
 from builder.render import BUILTIN_TEMPLATES
@@ -81,13 +87,17 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
     for warning in ssh.render_warnings(recipe):
         log.warning("%s: warning: %s", platform, warning)
     staging = make_staging(options.out_dir, platform)
+    side = ThreadPoolExecutor(max_workers=1)
     try:
         outputs, layers = write_outputs(staging, recipe, resolution, tree, options, cache, step)
         sizes = measure_sizes(recipe, tree, options, cache)
+        # The SBOMs' components (their licences parsed) and files are found while the images
+        # are made, which mostly wait on tools.
+        contents = side.submit(prepare_sboms, recipe, resolution, tree, cache)
         if options.images:
             outputs.update(write_images(staging, recipe, resolution, tree, options, step))
         step(Phase.RECORD, f"{platform}: writing the SBOMs and the provenance")
-        inventory, sboms = write_sboms(staging, recipe, resolution, tree, outputs, cache,
+        inventory, sboms = write_sboms(staging, recipe, resolution, contents.result(), outputs,
                                        options.source_date_epoch)
         outputs.update(sboms)
         kept = {} if options.images else keep_images(final, staging, outputs)
@@ -109,6 +119,7 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
                   "sizes": [[s.name, s.compressed] for s in sizes]}
         write_atomic(stamp, json.dumps(record, sort_keys=True).encode())
     finally:
+        side.shutdown(cancel_futures=True)
         shutil.rmtree(staging, ignore_errors=True)
     step(Phase.DONE, f"{platform}: wrote {final}")
     return BuildResult(platform, final, outputs, False, time.monotonic() - start,

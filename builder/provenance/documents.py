@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,8 @@ from builder.components.cache import Cache, write_atomic
 from builder.components.resolve import Resolution
 from builder.errors import BuildError
 from builder.initramfs.tree import Tree
-from builder.provenance.cyclonedx import render_cyclonedx
 from builder.provenance.dsse import IN_TOTO, render_envelope
-from builder.provenance.inventory import Inventory, make_inventory
-from builder.provenance.spdx import render_spdx
+from builder.provenance.inventory import Contents, Inventory, find_contents, make_inventory
 from builder.provenance.statement import find_recipe_files, render_statement
 from builder.provenance.verify import PROVENANCE
 from builder.recipe.model import Recipe
@@ -21,16 +20,29 @@ from builder.signing.keys import load_private_key
 from builder.signing.signers import KeySigner
 
 SPDX = "sbom.spdx.json"
+RENDERERS = ("builder.provenance.spdx", "builder.provenance.cyclonedx")
 CYCLONEDX = "sbom.cdx.json"
 
 Outputs = dict[str, dict[str, Any]]
 
 
-def write_sboms(staging: Path, recipe: Recipe, resolution: Resolution, tree: Tree,
-                outputs: Outputs, cache: Cache, source_date_epoch: int) -> tuple[Inventory, Outputs]:
+def prepare_sboms(recipe: Recipe, resolution: Resolution, tree: Tree, cache: Cache) -> Contents:
+    """What ``write_sboms`` needs that the outputs do not change: the components (their
+    licences parsed) and the files, and the two SBOM libraries loaded. A build runs this on
+    another thread while it makes the images, which mostly wait on tools."""
+    for renderer in RENDERERS:  # spdx-tools and cyclonedx-python-lib: 0.25 s to import
+        importlib.import_module(renderer)
+    return find_contents(recipe, resolution, tree, cache)
+
+
+def write_sboms(staging: Path, recipe: Recipe, resolution: Resolution, contents: Contents,
+                outputs: Outputs, source_date_epoch: int) -> tuple[Inventory, Outputs]:
     """Write the SPDX and CycloneDX documents describing ``outputs`` (names to digests and
-    sizes); return theirs."""
-    inventory = make_inventory(recipe, resolution, tree, outputs, cache, source_date_epoch)
+    sizes) and ``contents`` (``find_contents``); return theirs."""
+    from builder.provenance.cyclonedx import render_cyclonedx
+    from builder.provenance.spdx import render_spdx
+
+    inventory = make_inventory(recipe, resolution, contents, outputs, source_date_epoch)
     written: Outputs = {}
     for name, text in ((SPDX, render_spdx(inventory)), (CYCLONEDX, render_cyclonedx(inventory))):
         written[name] = _write(staging / name, text.encode())

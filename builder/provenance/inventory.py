@@ -96,20 +96,33 @@ class Inventory:
         return tuple(sorted({r for c in self.components if c.sources for r in c.sources.refs}))
 
 
-def make_inventory(recipe: Recipe, resolution: Resolution, tree: Tree,
-                   outputs: dict[str, dict[str, Any]], cache: Cache,
-                   source_date_epoch: int) -> Inventory:
-    """The inventory of a built image, from what the build resolved and assembled and the
-    digests and sizes of its ``outputs``."""
-    arch = recipe.platform.arch.debian
+@dataclass(frozen=True)
+class Contents:
+    """What an inventory lists besides the outputs: the components and the initramfs files.
+    Found from the resolution and the tree alone, so a build finds them while it writes the
+    initramfs and the images (``find_contents`` on another thread)."""
+
+    components: tuple[Component, ...]
+    files: tuple[File, ...]
+
+
+def find_contents(recipe: Recipe, resolution: Resolution, tree: Tree, cache: Cache) -> Contents:
+    """The components (licences read from their copyright files) and the files of a build."""
+    return Contents(find_components(resolution, cache, recipe.platform.arch.debian),
+                    find_files(tree, resolution))
+
+
+def make_inventory(recipe: Recipe, resolution: Resolution, contents: Contents,
+                   outputs: dict[str, dict[str, Any]], source_date_epoch: int) -> Inventory:
+    """The inventory of a built image, from what the build resolved and assembled
+    (``contents``) and the digests and sizes of its ``outputs``."""
     return Inventory(
-        platform=recipe.platform_string, recipe=recipe.name, version=recipe.version, arch=arch,
-        builder_version=__version__, source_date_epoch=source_date_epoch,
-        kernel_release=resolution.kernel.release,
+        platform=recipe.platform_string, recipe=recipe.name, version=recipe.version,
+        arch=recipe.platform.arch.debian, builder_version=__version__,
+        source_date_epoch=source_date_epoch, kernel_release=resolution.kernel.release,
         outputs=tuple(Output(name, str(o["sha256"]), int(o["size"]))
                       for name, o in sorted(outputs.items())),
-        components=find_components(resolution, cache, arch),
-        files=find_files(tree, resolution))
+        components=contents.components, files=contents.files)
 
 
 def find_components(resolution: Resolution, cache: Cache, arch: str) -> tuple[Component, ...]:

@@ -10,7 +10,7 @@ Builders read host tools through ``builder.process`` and take every time from
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,20 +46,26 @@ def image_inputs(recipe: Recipe) -> list[Path]:
 
 
 def make_images(recipe: Recipe, staging: Path, context: ImageContext, jobs: int = 1) -> list[str]:
-    """Build every format the recipe asks for into ``staging``, ``jobs`` at once (each mostly
-    waits on tools or on compression, which release the GIL); return the files written."""
+    """Build every format the recipe asks for into ``staging``, all at once (each mostly
+    waits on tools or on compression, which release the GIL; ``jobs`` bounds that only when
+    it is 1); return the files written. The ISO embeds the updater: when both are made, the
+    ISO makes the rest of its tree while the updater is written, then waits for it."""
+    from builder.images.iso import make_iso
+
     table = builders()
     wanted = [fmt for fmt in ImageFormat if fmt in recipe.images.formats]
-    # The ISO embeds the updater, so those two run in order, in one task; the rest beside them.
-    chained = (ImageFormat.UPDATER, ImageFormat.ISO)
-    tasks = [[fmt] for fmt in wanted if fmt not in chained]
-    tasks += [task] if (task := [fmt for fmt in wanted if fmt in chained]) else []
-
-    def run(task: list[ImageFormat]) -> dict[ImageFormat, list[str]]:
-        return {fmt: table[fmt](recipe, staging, context) for fmt in task}
-
-    written: dict[ImageFormat, list[str]] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(tasks)))) as pool:
-        for result in pool.map(run, tasks):
-            written.update(result)
+    futures: dict[ImageFormat, Future[list[str]]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, len(wanted) if jobs > 1 else 1)) as pool:
+        if ImageFormat.UPDATER in wanted:  # first: the ISO may wait for it
+            futures[ImageFormat.UPDATER] = pool.submit(table[ImageFormat.UPDATER], recipe,
+                                                       staging, context)
+        for fmt in wanted:
+            if fmt in futures:
+                continue
+            if fmt is ImageFormat.ISO and ImageFormat.UPDATER in futures:
+                futures[fmt] = pool.submit(make_iso, recipe, staging, context,
+                                           futures[ImageFormat.UPDATER].result)
+            else:
+                futures[fmt] = pool.submit(table[fmt], recipe, staging, context)
+        written = {fmt: future.result() for fmt, future in futures.items()}
     return [name for fmt in wanted for name in written[fmt]]

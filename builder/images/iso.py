@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from builder.images.context import ImageContext
@@ -37,8 +38,11 @@ def volume_id(recipe: Recipe) -> str:
     return ("ONIE_" + recipe.platform_string.upper().replace("-", "_"))[:32]
 
 
-def make_iso(recipe: Recipe, staging: Path, context: ImageContext) -> list[str]:
-    """Write ``onie-recovery-<platform>.iso``."""
+def make_iso(recipe: Recipe, staging: Path, context: ImageContext,
+             updater_written: Callable[[], object] = lambda: None) -> list[str]:
+    """Write ``onie-recovery-<platform>.iso``. When the build publishes an updater too, the
+    ISO embeds that one: ``updater_written`` returns once it is in ``staging`` (all else is
+    made meanwhile)."""
     xorriso = find_tool("xorriso", f"{WHY} (Debian package xorriso)")
     hybrid_mbr = find_grub_dir("i386-pc", WHY) / "boot_hybrid.img"
     out = staging / iso_name(recipe)
@@ -46,7 +50,7 @@ def make_iso(recipe: Recipe, staging: Path, context: ImageContext) -> list[str]:
         root = Path(tmp) / "root"
         boot = root / "boot"
         (boot / "grub").mkdir(parents=True)
-        lay_out_files(recipe, staging, context, root, Path(tmp))
+        lay_out_files(recipe, staging, context, root, Path(tmp), updater_written)
         date = datetime.datetime.fromtimestamp(context.source_date_epoch, datetime.UTC)
         out.unlink(missing_ok=True)
         run([xorriso, "-as", "mkisofs", "-o", out, "-R", "-V", volume_id(recipe),
@@ -60,7 +64,7 @@ def make_iso(recipe: Recipe, staging: Path, context: ImageContext) -> list[str]:
 
 
 def lay_out_files(recipe: Recipe, staging: Path, context: ImageContext, root: Path,
-                  work: Path) -> None:
+                  work: Path, updater_written: Callable[[], object]) -> None:
     """The ISO's tree: GRUB for BIOS and UEFI, the menu, kernel, initramfs, embed archive."""
     grub = root / "boot" / "grub"
     marker = f"/boot/onie-{recipe.platform_string}.id"
@@ -72,6 +76,7 @@ def lay_out_files(recipe: Recipe, staging: Path, context: ImageContext, root: Pa
               f"{recipe.platform_string}:iso-efi", context.source_date_epoch)
     shutil.copyfile(context.kernel, root / "boot" / "vmlinuz")
     shutil.copyfile(context.initramfs, root / "boot" / "initrd.img")
+    updater_written()
     (root / "boot" / "embed.cpio").write_bytes(make_embed_archive(recipe, staging, context, work))
     menu = render_menu(recipe, {"medium": "ISO", "kernel": "/boot/vmlinuz", "entries": [
         {"title": f"ONIE: {title}", "initrds": initrds,

@@ -86,7 +86,8 @@ def build_job(job: Job) -> Outcome:
 
 
 def _init_worker(level: int) -> None:
-    logging.basicConfig(level=level, format="%(message)s", force=True)
+    logging.basicConfig(level=max(level, logging.INFO), format="%(message)s", force=True)
+    logging.getLogger("builder").setLevel(level)  # as the CLI does: DEBUG for ours only
 
 
 def build_many(jobs: list[Job], workers: int,
@@ -98,7 +99,7 @@ def build_many(jobs: list[Job], workers: int,
             serial.append(build_job(job))
             done(serial[-1])
         return serial
-    level = logging.getLogger().getEffectiveLevel()
+    level = logging.getLogger("builder").getEffectiveLevel()
     # fork: the workers inherit the loaded modules; nothing of ours runs threads at this point.
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context,

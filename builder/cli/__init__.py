@@ -43,7 +43,11 @@ def main(ctx: click.Context, debug: bool, quiet: bool, cache_dir: Path | None,
     catch_signals()
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     # Through CurrentStderr: log lines print above the progress display while it draws.
-    logging.basicConfig(level=level, format="%(message)s", stream=CurrentStderr())
+    # --debug is for our own lines: libraries keep to INFO (cyclonedx-python-lib alone logs a
+    # thousand DEBUG lines as it loads).
+    logging.basicConfig(level=max(level, logging.INFO), format="%(message)s",
+                        stream=CurrentStderr())
+    logging.getLogger("builder").setLevel(level)
     if not debug:
         # python-debian notes each copyright file it reads leniently ("Fixing Format URL"):
         # about Debian's files, not the user's build.

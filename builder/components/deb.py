@@ -70,19 +70,20 @@ def unpack_deb(deb: Path, cache: Cache, name: str = "") -> Path:
 CONTENTS_FORMAT = 1
 
 
-def list_contents(deb: Path, cache: Cache, unpack: bool = False) -> dict[str, str]:
+def list_contents(deb: Path, cache: Cache, unpack: bool = False, name: str = "") -> dict[str, str]:
     """What ``dpkg --contents`` shows of ``deb``, read from the data.tar member names: each
     path (no leading ``./``) to ``"d"`` (folder), ``"f"`` (file, hard links too) or
     ``"l:TARGET"`` (symlink). Kept in the cache by the package's digest, and written there
     by ``unpack_deb`` too, so a package is decompressed once for both. With ``unpack``, a
     cache blob not listed yet is unpacked (``unpack_deb``, which a build does anyway) and
-    listed on the way, instead of read once for the listing and again for the build."""
+    listed on the way, instead of read once for the listing and again for the build; ``name``
+    is the package's, for progress."""
     digest = deb_digest(deb, cache)
     if (found := cached_contents(cache, digest)) is not None:
         return found
     if unpack and deb == cache.blob_path(digest) \
             and not (cache.root / "unpacked" / digest).is_dir():
-        unpack_deb(deb, cache)
+        unpack_deb(deb, cache, name)
         if (found := cached_contents(cache, digest)) is not None:
             return found
     entries: dict[str, str] = {}

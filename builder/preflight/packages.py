@@ -61,6 +61,7 @@ class _Part:
     component: Component
     debs: tuple[Path, ...]
     what: str
+    names: tuple[str, ...]  # each .deb's package, as progress shows it while it unpacks
 
 
 def check_packages(resolver: Resolver, merged: Merged) -> list[str]:
@@ -109,7 +110,8 @@ def check_packages(resolver: Resolver, merged: Merged) -> list[str]:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         kernel_listings = ([pool.submit(kernel_contents, deb, cache, wanted) for deb in kernel]
                            if kernel is not None else None)
-        listings = [[pool.submit(list_contents, deb, cache, True) for deb in part.debs]
+        listings = [[pool.submit(list_contents, deb, cache, True, name)
+                     for deb, name in zip(part.debs, part.names, strict=True)]
                     for part in parts]
         if kernel_listings is not None:
             problems += _check_modules([f.result() for f in kernel_listings], modules, merged)
@@ -152,9 +154,10 @@ def _component_debs(resolver: Resolver, key: KeyPath, component: Component) -> _
         fetched = [resolver.fetch(n, p) for n, p in resolver.package_names(component)]
         main = fetched[0][0]
         return _Part(key, component, tuple(deb for _, deb in fetched),
-                     f"Debian package {main.name} {main.version}")
+                     f"Debian package {main.name} {main.version}",
+                     tuple(pin.name for pin, _ in fetched))
     deb = _local_deb(component, resolver.cache)
-    return _Part(key, component, (deb,), deb.name) if deb is not None else None
+    return _Part(key, component, (deb,), deb.name, (deb.name,)) if deb is not None else None
 
 
 def _check_modules(listings: list[Listing], wanted: list[tuple[KeyPath, str]],

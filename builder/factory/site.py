@@ -27,6 +27,8 @@ from builder.factory.values import (
     parse_platform,
 )
 
+SILENT_MIN, SILENT_MAX = 10, 7 * 24 * 3600  # status.silent_after, seconds
+
 
 class Model(BaseModel):
     """Base of every site section: frozen, no unknown keys (as recipes)."""
@@ -83,7 +85,16 @@ class Status(Model):
     max_body: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
     log_tail: Annotated[int, Field(ge=0, le=1024 * 1024)] = 16 * 1024
     # A device neither waiting nor finished that has said nothing for this long is "silent".
-    silent_after: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] = 900
+    silent_after: int = 900
+
+    @field_validator("silent_after")
+    @classmethod
+    def _silent_after(cls, v: int) -> int:
+        if not SILENT_MIN <= v <= SILENT_MAX:
+            raise ValueError(f"expected whole seconds from {SILENT_MIN} to {SILENT_MAX} (7 days), "
+                             f"got {v}: a download's progress reaches the state database every "
+                             f"3 s, so a shorter silence would call running downloads silent")
+        return v
 
     @model_validator(mode="before")
     @classmethod

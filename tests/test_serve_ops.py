@@ -7,7 +7,9 @@ import logging
 import queue
 import re
 import socket
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from builder.factory import transfer
 from builder.factory.limits import Limits
 from builder.factory.ops import MAX_LOGGED_PATH, escape_path
+from builder.factory.reports import BATCH
 from tests.serving import Running, SimDevice, installer_bytes, make_ca, make_server_cert, running, write_site
 
 QEMU = {"ONIE-ARCH": "x86_64", "ONIE-MACHINE": "qemu_x86_64", "ONIE-MACHINE-REV": "0"}
@@ -182,6 +185,53 @@ def test_metrics_after_real_requests(tmp_path: Path, lines: Lines) -> None:
         metrics = scrape(server, session)
         assert metrics[("onie_serve_downloads_in_flight", ())] == 0
         assert metrics[("onie_serve_sent_bytes_total", ())] == 2 * BIG + 100 + int(cut["bytes"])
+
+
+REPORTS = 120  # sent at once by WORKERS clients (under Limits.per_address connections)
+WORKERS = 24
+
+
+def test_report_batches_and_commit_seconds_on_metrics(tmp_path: Path) -> None:
+    devices = [SimDevice(f"SN-BATCH-{i:03d}") for i in range(REPORTS)]
+    signed = [device.report("install", "running") for device in devices]
+    with running(write_site(tmp_path, installer_size=SIZE), tmp_path) as server:
+        session = requests.Session()
+        before = scrape(server, session)
+        assert before[("onie_serve_report_batch_size_count", ())] == 0
+        assert before[("onie_serve_report_batch_size_sum", ())] == 0
+
+        local = threading.local()  # one kept-alive connection per client thread
+        sessions: list[requests.Session] = []
+
+        def post(report: tuple[bytes, str]) -> int:
+            if not hasattr(local, "session"):
+                local.session = requests.Session()
+                sessions.append(local.session)
+            return int(local.session.post(server.url("status"), data=report[0], timeout=30,
+                                          headers={"Authorization": report[1]}).status_code)
+
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            assert list(pool.map(post, signed)) == [200] * REPORTS
+        for each in sessions:
+            each.close()
+        metrics = scrape(server, session)
+        writer = server.server.provisioner.reports
+    batches = metrics[("onie_serve_report_batch_size_count", ())]
+    # Every report is in exactly one committed batch: the sizes add up to the reports sent.
+    assert metrics[("onie_serve_report_batch_size_sum", ())] == REPORTS == writer.reports
+    assert 1 <= batches == writer.batches <= REPORTS
+    buckets = {dict(labels)["le"]: value for (name, labels), value in metrics.items()
+               if name == "onie_serve_report_batch_size_bucket"}
+    assert list(buckets) == [f"{2.0**n}" for n in range(9)] + ["+Inf"]
+    assert BATCH == 2.0 ** 8  # the largest bucket is the writer's largest batch
+    assert buckets[f"{float(BATCH)}"] == buckets["+Inf"] == batches
+    assert list(buckets.values()) == sorted(buckets.values())  # cumulative
+    # One commit time per batch, each a positive duration.
+    assert metrics[("onie_serve_report_commit_seconds_count", ())] == batches
+    assert metrics[("onie_serve_report_commit_seconds_sum", ())] > 0
+    commits = {dict(labels)["le"]: value for (name, labels), value in metrics.items()
+               if name == "onie_serve_report_commit_seconds_bucket"}
+    assert commits["+Inf"] == batches
 
 
 def test_plain_http_uses_sendfile_and_tls_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

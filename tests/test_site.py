@@ -123,6 +123,12 @@ BAD = [
      "commas, got 'iscsi:a::3260:1:t \"x\"'"),
     ("server:\n  address: 10.200.5.1\nhttp_boot:\n  - arch: x86_64\n    image: ../etc/passwd\n",
      "site.yaml:6: http_boot[0].image: expected a relative path inside out/, got '../etc/passwd'"),
+    ("server:\n  address: 10.200.5.1\nstatus:\n  silent_after: 5\n",
+     "site.yaml:5: status.silent_after: expected whole seconds from 10 to 604800 (7 days), got 5: "
+     "a download's progress reaches the state database every 3 s, so a shorter silence would "
+     "call running downloads silent"),
+    ("server:\n  address: 10.200.5.1\nstatus:\n  silent_after: 15m\n",
+     "site.yaml:5: status.silent_after: expected an integer, got '15m'"),
     ("server:\n  address: 10.200.5.1\nhttp_boot:\n  - arch: mips\n    image: a.efi\n",
      "site.yaml:5: http_boot[0].arch: expected one of 'x86_64' or 'arm64', got 'mips'"),
 ]

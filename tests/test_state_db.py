@@ -16,7 +16,7 @@ from builder.factory.db.engine import Database, normalize_url
 from builder.factory.db.schema import metadata
 from builder.factory.device import Device, Identity
 from builder.factory.identity import Report, parse_report
-from builder.factory.state import derive
+from builder.factory.state import State, derive
 from builder.factory.status import StatusStore
 from tests.serving import SimDevice
 
@@ -65,6 +65,13 @@ def test_state_derivation(case: str, row: dict[str, object],
                           expected: tuple[str, int | None, str | None]) -> None:
     state = derive(row, NOW, 900)
     assert (state.state, state.percent, state.reason) == expected
+
+
+def test_a_short_silence_is_told_in_seconds() -> None:
+    row = {**SEEN, "last_seen": NOW - 12.7}
+    assert derive(row, NOW, 10) == State("silent", reason="no word for 12 s")
+    assert derive(row, NOW, 13).state == "discovering"
+    assert derive({**row, "last_seen": NOW - 60}, NOW, 10).reason == "no word for 1 min"
 
 
 SIM = SimDevice("SN-1")

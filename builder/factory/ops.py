@@ -20,7 +20,14 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -34,6 +41,11 @@ MAX_LOGGED_PATH = 200  # characters of a request's path and query in the access 
 # The states of the status interface (docs/factory.md): always exported, 0 when none.
 STATES = ("waiting", "discovering", "downloading", "installing", "installed", "failed", "silent",
           "conflict")
+# Reports per group-committed batch: 1, 2, 4, ... 256 (the writer's BATCH, at most).
+BATCH_BUCKETS = tuple(float(2**n) for n in range(9))
+# Seconds one batch took to decide and commit: a sync of SQLite's WAL to a slow disk or a
+# PostgreSQL round trip (milliseconds) up to a database in trouble (seconds).
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def state_counts(store: Any) -> dict[str, int]:
@@ -133,12 +145,24 @@ class Ops:
                                      "HTTP status", ["status"], registry=self.registry)
         self.cut_downloads = Counter("onie_serve_downloads_cut", "Downloads cut at shutdown",
                                      registry=self.registry)
+        self.report_batches = Histogram("onie_serve_report_batch_size", "Status reports "
+                                        "decided per database transaction (group commit)",
+                                        buckets=BATCH_BUCKETS, registry=self.registry)
+        self.report_commits = Histogram("onie_serve_report_commit_seconds", "Seconds one batch "
+                                        "of status reports took to decide and commit",
+                                        buckets=COMMIT_BUCKETS, registry=self.registry)
         in_flight = Gauge("onie_serve_downloads_in_flight", "Downloads being sent",
                           registry=self.registry)
         in_flight.set_function(lambda: len(self.downloads))
         self.registry.register(_DeviceStates(counts))
         self.downloads: set[Download] = set()
         self._changed: asyncio.Event | None = None
+
+    def committed(self, reports: int, seconds: float) -> None:
+        """One batch of ``reports`` status reports decided and committed in ``seconds``
+        (called by the report writer's thread; prometheus_client's metrics are thread-safe)."""
+        self.report_batches.observe(reports)
+        self.report_commits.observe(seconds)
 
     @contextmanager
     def download(self, request: web.BaseRequest) -> Iterator[Download]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -117,8 +119,11 @@ class ReportWriter:
     """The group-commit writer: a queue of reports and the thread that decides them."""
 
     def __init__(self, store: StatusStore, registry: KeyRegistry, site: Site, *,
-                 start: bool = True) -> None:
+                 start: bool = True,
+                 committed: Callable[[int, float], None] | None = None) -> None:
         self.store, self.registry, self.site = store, registry, site
+        # Told (reports, seconds) of every batch decided and committed: /metrics.
+        self.committed = committed
         self.batches = 0  # transactions committed, for the tests and the figures
         self.reports = 0
         self._queue: queue.Queue[tuple[Pending, Future[Outcome]] | None] = queue.Queue()
@@ -164,6 +169,7 @@ class ReportWriter:
     def _commit(self, batch: list[tuple[Pending, Future[Outcome]]]) -> None:
         """Decide ``batch`` in one transaction, then answer; when that transaction fails,
         one report at a time, so one bad report does not take the others with it."""
+        began = time.perf_counter()
         try:
             outcomes = decide_batch(self.store, self.registry, self.site,
                                     [pending for pending, _ in batch])
@@ -178,6 +184,8 @@ class ReportWriter:
             return
         self.batches += 1
         self.reports += len(batch)
+        if self.committed is not None:
+            self.committed(len(batch), time.perf_counter() - began)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             future.set_result(outcome)
 

@@ -64,7 +64,8 @@ class Provisioner:
 
     def __post_init__(self) -> None:
         self.ops = Ops(lambda: state_counts(self.store))
-        self.reports = ReportWriter(self.store, self.registry, self.site)
+        self.reports = ReportWriter(self.store, self.registry, self.site,
+                                    committed=self.ops.committed)
 
     def choose(self, kind: str, suffix: str | None, who: Identity) -> tuple[Path, str] | None:
         """The file answering waterfall name ``onie-<kind>[-<suffix>]`` for ``who``, or None."""

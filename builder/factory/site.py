@@ -7,10 +7,11 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from builder.factory.values import (
     HOSTNAME_RE,
@@ -25,6 +26,8 @@ from builder.factory.values import (
     normalize_mac,
     parse_platform,
 )
+
+SILENT_MIN, SILENT_MAX = 10, 7 * 24 * 3600  # status.silent_after, seconds
 
 
 class Model(BaseModel):
@@ -82,7 +85,16 @@ class Status(Model):
     max_body: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
     log_tail: Annotated[int, Field(ge=0, le=1024 * 1024)] = 16 * 1024
     # A device neither waiting nor finished that has said nothing for this long is "silent".
-    silent_after: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] = 900
+    silent_after: int = 900
+
+    @field_validator("silent_after")
+    @classmethod
+    def _silent_after(cls, v: int) -> int:
+        if not SILENT_MIN <= v <= SILENT_MAX:
+            raise ValueError(f"expected whole seconds from {SILENT_MIN} to {SILENT_MAX} (7 days), "
+                             f"got {v}: a download's progress reaches the state database every "
+                             f"3 s, so a shorter silence would call running downloads silent")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -249,6 +261,33 @@ class Site(Model):
     platforms: list[PlatformEntry] = []
     devices: list[Device] = []
     http_boot: list[HttpBoot] = []
+    # Indexes for the lookups every request makes (a site lists up to thousands of devices):
+    # built once, as the Site is made; a Site never changes after (frozen), and serve loads
+    # the site file once, so they cannot go stale. The first entry wins, as a scan would.
+    _by_serial: dict[str, Device] = PrivateAttr(default_factory=dict)
+    _by_mac: dict[str, Device] = PrivateAttr(default_factory=dict)
+    _by_platform: dict[str, PlatformEntry] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Build the lookup indexes."""
+        by_serial: dict[str, Device] = {}
+        by_mac: dict[str, Device] = {}
+        for device in self.devices:
+            if device.serial is not None:
+                by_serial.setdefault(device.serial, device)
+            if device.mac is not None:
+                by_mac.setdefault(device.mac, device)
+        by_platform: dict[str, PlatformEntry] = {}
+        for entry in self.platforms:
+            by_platform.setdefault(entry.platform, entry)
+        self._by_serial, self._by_mac, self._by_platform = by_serial, by_mac, by_platform
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy whose indexes match its own devices and platforms (pydantic copies the
+        private attributes as they are, which ``update`` could make stale)."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.model_post_init(None)
+        return copy
 
     @field_validator("name")
     @classmethod
@@ -266,17 +305,16 @@ class Site(Model):
 
     def platform(self, name: str) -> PlatformEntry | None:
         """The entry of platform ``name``, if the site lists it."""
-        return next((p for p in self.platforms if p.platform == name), None)
+        return self._by_platform.get(name)
 
     def find_device(self, serial: str | None = None, mac: str | None = None) -> Device | None:
         """The device with this serial number, else with this MAC (normalized), else None."""
         if serial:
-            found = next((d for d in self.devices if d.serial == serial), None)
+            found = self._by_serial.get(serial)
             if found is not None:
                 return found
         if mac and MAC_RE.match(mac):
-            norm = normalize_mac(mac)
-            return next((d for d in self.devices if d.mac == norm), None)
+            return self._by_mac.get(normalize_mac(mac))
         return None
 
     def url(self, path: str, family: int = 4) -> str:

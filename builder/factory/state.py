@@ -49,13 +49,18 @@ def derive(row: Mapping[str, Any], now: float, silent_after: float = SILENT_AFTE
         return State("installed")
     last_seen = row.get("last_seen") or row["first_seen"]
     if now - last_seen > silent_after:
-        return State("silent", reason=f"no word for {math.floor((now - last_seen) / 60)} min")
+        return State("silent", reason=f"no word for {_quiet(now - last_seen)}")
     if phase in DISCOVERY_PHASES:
         return State("discovering")
     if phase in DOWNLOAD_PHASES and result == "running":
         size, done = row.get("size") or 0, row.get("progress") or 0
         return State("downloading", min(100, max(0, 100 * done // size)) if size > 0 else 0)
     return State("installing")
+
+
+def _quiet(seconds: float) -> str:
+    """``17 min``; under a minute (a short ``silent_after``) ``42 s``, not ``0 min``."""
+    return f"{math.floor(seconds)} s" if seconds < 60 else f"{math.floor(seconds / 60)} min"
 
 
 def _conflict_reason(row: Mapping[str, Any]) -> str:

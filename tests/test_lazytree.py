@@ -3,6 +3,8 @@ modules a recipe does not need, each module written later from the xz blocks tha
 
 from __future__ import annotations
 
+import io
+import lzma
 import os
 import random
 import re
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from builder.components import lazytree
+from builder.components import lazytree, xzblocks
 from builder.components.cache import Cache
 from builder.components.lazytree import lazy_files, unpack_kernel
 from builder.components.xzblocks import read_blocks, read_range
@@ -41,6 +43,25 @@ def test_read_range_decompresses_only_what_it_needs() -> None:
     assert list(memo) == [262144]  # one block kept at a time
     with pytest.raises(ValueError, match="does not cover"):
         read_range(packed, blocks, 299_990, 20)
+
+
+def test_parallel_reader_gives_the_whole_stream_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks decompressed ahead on two threads, each in pieces (CHUNK made small here so a
+    block is several), come back as the one stream; a damaged block is an LZMAError."""
+    monkeypatch.setattr(xzblocks, "CHUNK", 10_000)
+    rng = random.Random(8)
+    data = bytes(rng.getrandbits(8) if i % 5 else 66 for i in range(300_000))
+    packed = xz(data, "--block-size=65536")
+    blocks = read_blocks(packed)
+    assert blocks is not None and len(blocks) == 5
+    assert xzblocks.decompress_block_chunks(packed, blocks[1])[0] == data[65536:75536]
+    with io.BufferedReader(xzblocks.ParallelReader(packed, blocks, workers=2), 4096) as reader:
+        assert reader.read() == data
+    damaged = bytearray(packed)
+    damaged[blocks[2].start + 200] ^= 0xFF
+    with pytest.raises(lzma.LZMAError), \
+            io.BufferedReader(xzblocks.ParallelReader(bytes(damaged), blocks, workers=2)) as reader:
+        reader.read()
 
 
 def test_read_blocks_refuses_what_it_cannot_index() -> None:

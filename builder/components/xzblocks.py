@@ -63,8 +63,30 @@ def read_blocks(data: bytes) -> list[Block] | None:
     return blocks if start == index_start else None
 
 
+CHUNK = 1 << 20  # ParallelReader's pieces of a block
+
+
 def decompress_block(data: bytes, block: Block) -> bytes:
     """The uncompressed bytes of one block of ``data`` (the whole .xz file)."""
+    return lzma.decompress(_one_block_stream(data, block), format=lzma.FORMAT_XZ)
+
+
+def decompress_block_chunks(data: bytes, block: Block) -> list[bytes]:
+    """``decompress_block`` in pieces of ``CHUNK`` bytes: the allocator reuses memory of
+    that size, where each 24 MiB result was fresh pages from the kernel (0.5 s of system
+    time over a kernel package's 390 MB)."""
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    chunks = [decompressor.decompress(_one_block_stream(data, block), max_length=CHUNK)]
+    while not decompressor.eof:
+        if decompressor.needs_input:
+            raise lzma.LZMAError("truncated block")
+        chunks.append(decompressor.decompress(b"", max_length=CHUNK))
+    return chunks
+
+
+def _one_block_stream(data: bytes, block: Block) -> bytes:
+    """``block`` of ``data`` as a one-block .xz stream (the stream's header, a new index and
+    footer), which ``lzma`` checks like any other."""
     records = _put_varint(1) + _put_varint(block.unpadded) + _put_varint(block.size)
     index = b"\0" + records
     index += b"\0" * (-len(index) % 4)
@@ -72,8 +94,7 @@ def decompress_block(data: bytes, block: Block) -> bytes:
     flags = data[6:8]  # the stream flags: the check type
     backward = struct.pack("<I", len(index) // 4 - 1)
     footer = struct.pack("<I", zlib.crc32(backward + flags)) + backward + flags + FOOTER_MAGIC
-    stream = data[:12] + data[block.start:block.start + block.padded] + index + footer
-    return lzma.decompress(stream, format=lzma.FORMAT_XZ)
+    return data[:12] + data[block.start:block.start + block.padded] + index + footer
 
 
 def read_range(data: bytes, blocks: list[Block], offset: int, size: int,
@@ -108,8 +129,9 @@ class ParallelReader(io.RawIOBase):
         self._data = data
         self._todo = deque(blocks)
         self._pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
-        self._ahead: deque[Future[bytes]] = deque()
+        self._ahead: deque[Future[list[bytes]]] = deque()
         self._ahead_max = 2 * (workers or os.cpu_count() or 1)
+        self._chunks: deque[bytes] = deque()
         self._chunk = memoryview(b"")
 
     def readable(self) -> bool:
@@ -117,12 +139,15 @@ class ParallelReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         while not self._chunk:
+            if self._chunks:
+                self._chunk = memoryview(self._chunks.popleft())
+                continue
             while self._todo and len(self._ahead) < self._ahead_max:
-                self._ahead.append(self._pool.submit(decompress_block, self._data,
+                self._ahead.append(self._pool.submit(decompress_block_chunks, self._data,
                                                      self._todo.popleft()))
             if not self._ahead:
                 return 0
-            self._chunk = memoryview(self._ahead.popleft().result())
+            self._chunks.extend(self._ahead.popleft().result())
         n = min(len(buffer), len(self._chunk))
         buffer[:n] = self._chunk[:n]
         self._chunk = self._chunk[n:]

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ class Run:
     rss_kib: int = 0
     cpu_seconds: float = 0.0  # the server's (user + system)
     served: list[float] = field(default_factory=list)  # report seconds in serve's access log
+    batches: dict[str, float] = field(default_factory=dict)  # from serve's /metrics
 
     @property
     def window(self) -> float:
@@ -79,13 +81,36 @@ class Run:
             "download_seconds": round(self.window, 2),
             "mb_per_s": round(self.received / self.window / 1e6, 1) if self.window else 0.0,
             "peak_rss_mib": round(self.rss_kib / 1024, 1), "server_cpu_s": round(self.cpu_seconds, 1),
-            "errors": len(self.errors), "error_samples": self.errors[:5]}
+            "errors": len(self.errors), "error_samples": self.errors[:5], **self.batches}
         for name, values in (("report", self.reports), ("report_server", self.served)):
             if values:
                 out[f"{name}_count"] = len(values)
                 out[f"{name}_p50_ms"] = round(1000 * statistics.median(values), 2)
                 out[f"{name}_p99_ms"] = round(1000 * percentile(values, 99), 2)
         return out
+
+
+def report_batches(url: str) -> dict[str, float]:
+    """The group commits of the run, from serve's /metrics histograms: how many, reports per
+    batch, commit seconds (mean, and the bucket bound under which half and 99 % fell)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        families = {f.name: f for f in text_string_to_metric_families(answer.read().decode())}
+    out: dict[str, float] = {}
+    sizes, commits = families["onie_serve_report_batch_size"], families["onie_serve_report_commit_seconds"]
+    count = next(s.value for s in sizes.samples if s.name.endswith("_count"))
+    total = next(s.value for s in sizes.samples if s.name.endswith("_sum"))
+    out["batches"] = count
+    out["reports_per_batch"] = round(total / count, 1) if count else 0.0
+    buckets = sorted((float(s.labels["le"]), s.value) for s in commits.samples
+                     if s.name.endswith("_bucket"))
+    spent = next(s.value for s in commits.samples if s.name.endswith("_sum"))
+    out["commit_mean_ms"] = round(1000 * spent / count, 1) if count else 0.0
+    for q in (50, 99):
+        bound = next((le for le, n in buckets if n >= count * q / 100), float("inf"))
+        out[f"commit_p{q}_under_ms"] = round(1000 * bound, 1)
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -111,6 +136,10 @@ def make_folder(folder: Path, devices: int, size: int) -> tuple[Path, str]:
             digest.update(block)
             out.write(block)
             left -= len(block)
+        # On disk before a run: else the first reports' commits (fsync) wait behind the
+        # writeback of this file, which is the bench's setup, not the server's load.
+        out.flush()
+        os.fsync(out.fileno())
     rows = "".join(f"  - serial: {serial_of(n)}\n    mac: \"{mac_of(n)}\"\n    name: dev{n:05d}\n"
                    f"    platform: {PLATFORM}\n" for n in range(devices))
     site = folder / "site.yaml"
@@ -287,6 +316,7 @@ def run_serve(folder: Path, site: Path, args: argparse.Namespace, sha: str) -> R
         run = asyncio.run(load(f"http://{HOST}:{port}", f"onie-installer-{PLATFORM}", devices,
                                args.size, sha, args.cut_every, args.per_pool, True, args.deadline))
         run.rss_kib, run.cpu_seconds = proc_figures([proc.pid])
+        run.batches = report_batches(f"http://{HOST}:{port}/metrics")
     finally:
         proc.terminate()
         proc.wait(60)
@@ -385,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
             line = (f"  {name:<6} {r['mb_per_s']:>8} MB/s  {r['download_seconds']} s "
                     f"({r['seconds']} s in all)  {r['downloads']} downloads ({r['resumed']} resumed)  "
                     f"peak RSS {r['peak_rss_mib']} MiB  CPU {r['server_cpu_s']} s  {r['errors']} errors")
+            if "batches" in r:
+                line += (f"\n         {r['batches']:.0f} commits, {r['reports_per_batch']} reports each, "
+                         f"{r['commit_mean_ms']} ms mean, p50 under {r['commit_p50_under_ms']} ms, "
+                         f"p99 under {r['commit_p99_under_ms']} ms")
             if "report_count" in r:
                 line += (f"\n         reports {r['report_count']}: p50 {r['report_p50_ms']} ms p99 "
                          f"{r['report_p99_ms']} ms at the client; in serve (its access log) p50 "

@@ -4,6 +4,7 @@ loaded once per run, and a pass of the package checks is recorded for the next b
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -96,6 +97,8 @@ def test_the_kernel_package_is_decompressed_once(tmp_path: Path,
     assert expected["lib/modules/9.9.9-test/kernel/drivers/c.ko"] == "f"
     assert expected["lib/modules/9.9.9-test/build"] == "l:/usr/src/none"
     opened = count_reads(monkeypatch)
+    # in this process, so that its reads are counted (test_the_kernel_is_unpacked_apart)
+    monkeypatch.setattr(lazytree, "unpack_kernel_apart", lazytree.unpack_kernel)
     cache = Cache(tmp_path / "cache")
     blob = in_cache(cache, deb)
     assert kernel_contents(blob, cache, ["a"]) == expected
@@ -105,6 +108,36 @@ def test_the_kernel_package_is_decompressed_once(tmp_path: Path,
     assert lazytree.unpack_kernel(blob, cache, ["a"]) == tree
     assert kernel_contents(blob, cache, ["a"]) == expected
     assert opened == [blob]
+
+
+def test_the_kernel_is_unpacked_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel not unpacked yet is unpacked in a process of its own (this one reads nothing
+    of it), into the same tree; once made, the tree is found here without a process."""
+    deb = make_kernel_deb(tmp_path)
+    opened = count_reads(monkeypatch)
+    cache = Cache(tmp_path / "cache")
+    blob = in_cache(cache, deb)
+    tree = lazytree.unpack_kernel_apart(blob, cache, ["a"])
+    assert tree == cache.root / "unpacked" / f"{blob.name}.lazy"
+    drivers = tree / "lib/modules/9.9.9-test/kernel/drivers"
+    assert sorted(p.name for p in drivers.iterdir()) == ["a.ko", "b_dep.ko"]
+    assert opened == []
+    monkeypatch.setattr(lazytree, "ProcessPoolExecutor", None)  # no process the second time
+    assert lazytree.unpack_kernel_apart(blob, cache, ["a"]) == tree
+    assert kernel_contents(blob, cache, ["a"])["lib/modules/9.9.9-test/kernel/drivers/c.ko"] == "f"
+    assert opened == []
+
+
+def test_a_failure_in_the_kernels_process_is_a_build_error(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    blob = in_cache(cache, make_kernel_deb(tmp_path))
+    os.chmod(blob, 0o644)
+    data = bytearray(blob.read_bytes())
+    start = data.rindex(b"\xfd7zXZ")  # the data.tar.xz (the control.tar.xz comes first)
+    data[start + 40:start + 80] = bytes(40)  # its compressed bytes damaged
+    blob.write_bytes(bytes(data))
+    with pytest.raises(BuildError, match=r"corrupt|unpacking failed|truncated"):
+        lazytree.unpack_kernel_apart(blob, cache, ["a"])
 
 
 @pytest.mark.network

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
 import os
 import re
 import struct
@@ -21,6 +22,7 @@ import tarfile
 import tempfile
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from builder.components.cache import Cache, touch, write_atomic
@@ -88,6 +90,26 @@ def unpack_kernel(deb: Path, cache: Cache, wanted: Iterable[str]) -> Path:
     return tree
 
 
+def unpack_kernel_apart(deb: Path, cache: Cache, wanted: Iterable[str]) -> Path:
+    """``unpack_kernel`` in a process of its own when the tree is still to be made. Its walk
+    over the package's 390 MB is Python work which, on a thread, takes turns for the GIL with
+    the packages unpacked beside it; a process of its own runs it beside them, on the other
+    core. A tree already made, or a package not in the cache, stays in this process."""
+    whole = cache.root / "unpacked" / deb.name
+    if deb != cache.blob_path(deb.name) or whole.is_dir() \
+            or _listing_file(whole.with_name(f"{deb.name}.lazy")).is_file():
+        return unpack_kernel(deb, cache, wanted)
+    # spawn, not fork: the caller runs threads (the other packages' unpacking)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_unpack_kernel_in, deb, cache.root, sorted(wanted)).result()
+
+
+def _unpack_kernel_in(deb: Path, root: Path, wanted: list[str]) -> Path:
+    """``unpack_kernel`` in a worker process, with the cache at ``root``."""
+    return unpack_kernel(deb, Cache(root, offline=True), wanted)
+
+
 def kernel_contents(deb: Path, cache: Cache, wanted: Iterable[str]) -> dict[str, str]:
     """``list_contents`` of kernel package ``deb``. A cache blob not listed yet is unpacked
     lazily first (``unpack_kernel``, the build's own step), whose one decompression lists it
@@ -95,7 +117,7 @@ def kernel_contents(deb: Path, cache: Cache, wanted: Iterable[str]) -> dict[str,
     if deb == cache.blob_path(deb.name) and cached_contents(cache, deb.name) is None \
             and not (cache.root / "unpacked" / deb.name).is_dir() \
             and not (cache.root / "unpacked" / f"{deb.name}.lazy").is_dir():
-        unpack_kernel(deb, cache, wanted)
+        unpack_kernel_apart(deb, cache, wanted)
     return list_contents(deb, cache)
 
 

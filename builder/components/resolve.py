@@ -17,7 +17,7 @@ from pathlib import Path
 from builder.components.apt import Archive, DebPackage
 from builder.components.cache import Cache
 from builder.components.deb import unpack_deb
-from builder.components.lazytree import unpack_kernel
+from builder.components.lazytree import unpack_kernel_apart
 from builder.components.lock import Lock, Pin, PlatformLock
 from builder.components.mirror import AptSource, find_host_sources, parse_mirror_option
 from builder.components.unpacked import resolve_inside
@@ -260,7 +260,7 @@ class Resolver:
         self._pins[pin.name] = pin
         if kernel:
             wanted = [*self.recipe.kernel.modules, *implied_modules(self.recipe)]
-            return Package(pin, unpack_kernel(deb, self.cache, wanted))
+            return Package(pin, unpack_kernel_apart(deb, self.cache, wanted))
         if self._pool is None or deb != self.cache.blob_path(deb.name):
             return Package(pin, unpack_deb(deb, self.cache, pin.name))
         if deb not in self._unpacks:

@@ -152,3 +152,33 @@ def test_a_build_that_loses_the_race_to_unpack_finds_its_modules(
     assert igb in {m.relpath for m in closure}
     assert (modules_dir / igb).is_file()
     assert [p.name for p in tree.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_one_pass_writes_the_closure_and_no_empty_folders(
+        kernel_blob: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default recipe's modules need library modules from far back in the archive
+    (sd_mod: t10-pi from block/, the CRCs from crypto/) and recent ones (usb-storage:
+    usbcore): the pass keeps both kinds in memory, so no xz block is decompressed a second
+    time, and it makes only the folders of the modules it writes."""
+    cache = Cache(tmp_path / "cache")
+    blob = cache.blob_path(kernel_blob.name)
+    blob.parent.mkdir(parents=True)
+    os.link(kernel_blob, blob)
+    again: list[int] = []
+    real = lazytree.read_range
+
+    def counted(*args: Any, **kwargs: Any) -> bytes:
+        again.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lazytree, "read_range", counted)
+    wanted = ["e1000", "virtio_pci", "virtio_net", "virtio_blk", "xhci_pci", "ehci_pci",
+              "usb_storage", "sd_mod", "vfat", "nls_cp437", "ext4", "qemu_fw_cfg", "efivarfs"]
+    tree = unpack_kernel(blob, cache, wanted)
+    [modules_dir] = (tree / "lib/modules").iterdir()
+    closure = find_module_closure(index_modules(modules_dir), wanted)
+    assert {"t10_pi", "crct10dif_common", "usbcore", "scsi_mod"} <= {m.name for m in closure}
+    assert all((modules_dir / m.relpath).is_file() for m in closure)
+    assert again == []  # nothing read back from the blocks
+    empty = [d for d in (modules_dir / "kernel").rglob("*") if d.is_dir() and not any(d.iterdir())]
+    assert empty == []

@@ -42,6 +42,7 @@ from builder.errors import BuildError
 FORMAT = 1
 LISTING = ".lazy.json"  # in the tree's top folder
 MODULE = re.compile(r"^(?:usr/)?lib/modules/[^/]+/.+/(?P<stem>[^/]+)\.ko$")
+MODULE_FOLDER = re.compile(r"^(?:usr/)?lib/modules/[^/]+/kernel/")
 
 
 def unpack_kernel(deb: Path, cache: Cache, wanted: Iterable[str]) -> Path:
@@ -160,10 +161,21 @@ def _listing_file(tree: Path) -> Path:
 class _Choice:
     """Which modules the first pass writes: the wanted ones and, transitively, those their
     ``depends=`` and ``softdep=`` name (a softdep by its crypto spellings too). A module that
-    only a later one turns out to need is served from the last ``RING`` bytes of modules
-    passed by, else listed in ``late`` for the blocks that hold it."""
+    only a later one turns out to need is served from memory when it was kept there, else
+    listed in ``late`` for the xz blocks that hold it: reading one back costs a 24 MiB block's
+    decompression at the end of the pass.
 
-    RING = 96 << 20
+    Kept in memory: the last ``RING`` bytes of modules passed by (``usbcore`` for
+    ``usb-storage``, a few MB later), and every module of at most ``SMALL`` bytes, some
+    35 MB in all: what a later module needs from far back in the archive is such a library
+    module (``sd_mod`` needs ``t10-pi`` from block/ and the CRCs from crypto/, 100 MB
+    before it).
+
+    The folders below the modules' ``kernel/`` are not made by the pass (some 900 of them,
+    for a few dozen modules): writing a module makes its own."""
+
+    RING = 64 << 20
+    SMALL = 32 << 10
 
     def __init__(self, wanted: set[str], root: Path) -> None:
         self.needed = set(wanted)
@@ -174,8 +186,11 @@ class _Choice:
         self.by_name: dict[str, str] = {}
         self.ring: dict[str, bytes] = {}  # rel -> bytes, oldest first
         self.ring_size = 0
+        self.small: dict[str, bytes] = {}  # rel -> bytes
 
     def keep(self, rel: str, member: tarfile.TarInfo) -> bool:
+        if member.isdir():
+            return MODULE_FOLDER.match(rel) is None
         match = MODULE.match(rel)
         if match is None or not (member.isreg() or member.islnk()):
             return True
@@ -196,6 +211,9 @@ class _Choice:
                              int(member.mtime)]
         self.deps[name] = _depends(data)
         self.by_name.setdefault(name, rel)
+        if len(data) <= self.SMALL:
+            self.small[rel] = data
+            return False
         self.ring[rel] = data
         self.ring_size += len(data)
         while self.ring_size > self.RING:
@@ -213,13 +231,16 @@ class _Choice:
             name = pending.pop()
             rel = self.by_name.get(name)
             if rel is not None and rel in self.ring:  # passed by, still in memory: write it
-                self._write(rel, self.ring.pop(rel))
+                data = self.ring.pop(rel)
+                self.ring_size -= len(data)
+                self._write(rel, data)
+            elif rel is not None and rel in self.small:
+                self._write(rel, self.small.pop(rel))
             new = sorted(self.deps.get(name, set()) - self.needed)
             self.needed.update(new)
             pending += new
 
     def _write(self, rel: str, data: bytes) -> None:
-        self.ring_size -= len(data)
         _, _, mode, mtime = self.skipped.pop(rel)
         dest = self.root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)

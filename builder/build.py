@@ -9,7 +9,8 @@ import os
 import shlex
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,8 +20,8 @@ from builder import __version__
 from builder.components.cache import Cache, sha256_file, touch, write_atomic
 from builder.components.lock import DEFAULT_LOCK, Lock
 from builder.components.resolve import Archives, Resolution, Resolver, find_apt_sources
-from builder.images import image_inputs, make_images
-from builder.images.context import ImageContext
+from builder.images import image_inputs, make_images, start_early
+from builder.images.context import BootLoaders, ImageContext
 from builder.initramfs import facts, ssh, transports
 from builder.initramfs.assemble import Context, make_tree, render_mode_notes
 from builder.initramfs.cpio import WrittenLayer, compress, layer_of, make_initramfs
@@ -34,7 +35,7 @@ from builder.provenance.documents import (
     write_provenance,
     write_sboms,
 )
-from builder.recipe.formats import Compression
+from builder.recipe.formats import Compression, ImageFormat
 from builder.recipe.model import Arch, Recipe
 from builder.render import BUILTIN_TEMPLATES
 from builder.result import BuildResult
@@ -80,22 +81,24 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
         return BuildResult(platform, final, previous["outputs"], True, time.monotonic() - start,
                            recorded_sizes(previous))
     step(Phase.ASSEMBLE, f"{platform}: assembling the initramfs tree")
-    with facts.remember(cache.root / "derived" / "facts.json"):
-        tree = make_tree(Context(recipe, resolution, options.source_date_epoch))
-        for note in render_mode_notes(tree):
-            step(Phase.ASSEMBLE, f"{platform}: {note}")
-    for warning in ssh.render_warnings(recipe):
-        log.warning("%s: warning: %s", platform, warning)
-    staging = make_staging(options.out_dir, platform)
-    side = ThreadPoolExecutor(max_workers=1)
+    # The boot loaders, which need neither kernel nor initramfs, are made on side threads
+    # while the tree is assembled and written; the SBOMs' contents while the images are.
+    side = ThreadPoolExecutor(max_workers=3)
+    staging: Path | None = None
     try:
+        early = start_early(recipe, options.source_date_epoch, side) if options.images else {}
+        with facts.remember(cache.root / "derived" / "facts.json"):
+            tree = make_tree(Context(recipe, resolution, options.source_date_epoch))
+            for note in render_mode_notes(tree):
+                step(Phase.ASSEMBLE, f"{platform}: {note}")
+        for warning in ssh.render_warnings(recipe):
+            log.warning("%s: warning: %s", platform, warning)
+        staging = make_staging(options.out_dir, platform)
         outputs, layers = write_outputs(staging, recipe, resolution, tree, options, cache, step)
         sizes = measure_sizes(recipe, tree, options, cache)
-        # The SBOMs' components (their licences parsed) and files are found while the images
-        # are made, which mostly wait on tools.
         contents = side.submit(prepare_sboms, recipe, resolution, tree, cache)
         if options.images:
-            outputs.update(write_images(staging, recipe, resolution, tree, options, step))
+            outputs.update(write_images(staging, recipe, resolution, tree, options, step, early))
         step(Phase.RECORD, f"{platform}: writing the SBOMs and the provenance")
         inventory, sboms = write_sboms(staging, recipe, resolution, contents.result(), outputs,
                                        options.source_date_epoch)
@@ -120,7 +123,8 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
         write_atomic(stamp, json.dumps(record, sort_keys=True).encode())
     finally:
         side.shutdown(cancel_futures=True)
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     step(Phase.DONE, f"{platform}: wrote {final}")
     return BuildResult(platform, final, outputs, False, time.monotonic() - start,
                        tuple((s.name, s.compressed) for s in sizes))
@@ -209,8 +213,11 @@ def recorded_sizes(record: dict[str, Any]) -> tuple[tuple[str, int], ...]:
 
 
 def write_images(staging: Path, recipe: Recipe, resolution: Resolution, tree: Tree,
-                 options: BuildOptions, step: Step) -> dict[str, dict[str, Any]]:
-    """Build the recipe's boot images (builder.images) beside the kernel; digests and sizes."""
+                 options: BuildOptions, step: Step,
+                 early: Mapping[ImageFormat, Future[BootLoaders]] | None = None,
+                 ) -> dict[str, dict[str, Any]]:
+    """Build the recipe's boot images (builder.images) beside the kernel, with the boot
+    loaders ``start_early`` started; digests and sizes."""
     if not recipe.images.formats:
         return {}
     step(Phase.IMAGES, f"{recipe.platform_string}: making images "
@@ -221,7 +228,7 @@ def write_images(staging: Path, recipe: Recipe, resolution: Resolution, tree: Tr
         kernel=staging / KERNEL, initramfs=staging / INITRAMFS, cmdline=kernel_cmdline(recipe),
         kernel_release=kernel.release, os_release=osrel.content().decode() if osrel else "",
         source_date_epoch=options.source_date_epoch,
-        kernel_roots=tuple(p.root for p in kernel.packages))
+        kernel_roots=tuple(p.root for p in kernel.packages), early=early or {})
     return {name: {"sha256": sha256_file(staging / name), "size": (staging / name).stat().st_size}
             for name in make_images(recipe, staging, context, jobs=os.cpu_count() or 1)}
 

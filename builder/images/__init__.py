@@ -10,11 +10,11 @@ Builders read host tools through ``builder.process`` and take every time from
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder.images.context import ImageContext
+from builder.images.context import BootLoaders, ImageContext
 from builder.recipe.formats import ImageFormat
 
 if TYPE_CHECKING:
@@ -43,6 +43,19 @@ def image_inputs(recipe: Recipe) -> list[Path]:
     paths = (images.fit.key, images.fit.dtb, images.uki.secureboot_key,
              images.uki.secureboot_cert, images.updater.key)
     return [p for p in paths if p is not None]
+
+
+def start_early(recipe: Recipe, epoch: int,
+                pool: Executor) -> dict[ImageFormat, Future[BootLoaders]]:
+    """Start, on ``pool``, what the recipe's images need of neither the kernel nor the
+    initramfs: GRUB's core images and the FAT images holding them (tools, mostly waiting), for
+    a build to make while it assembles the initramfs on its one busy core. Pass the result
+    as ``ImageContext.early``."""
+    from builder.images import iso, updater
+
+    makers = {ImageFormat.ISO: iso.make_boot_loaders, ImageFormat.UPDATER: updater.make_boot_loaders}
+    return {fmt: pool.submit(make, recipe, epoch) for fmt, make in makers.items()
+            if fmt in recipe.images.formats}
 
 
 def make_images(recipe: Recipe, staging: Path, context: ImageContext, jobs: int = 1) -> list[str]:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from builder.recipe.formats import ImageFormat
+
+BootLoaders = dict[str, bytes]  # a format's boot-loader files by name (builder.images.start_early)
 
 
 @dataclass(frozen=True)
@@ -17,6 +23,14 @@ class ImageContext:
     os_release: str  # the environment's /etc/os-release, for the UKI's .osrel
     source_date_epoch: int
     kernel_roots: tuple[Path, ...] = ()  # the unpacked kernel packages, for their dtbs
+    # Each format's boot loaders, started before the kernel and initramfs were written
+    early: Mapping[ImageFormat, Future[BootLoaders]] = field(default_factory=dict)
+
+    def boot_loaders(self, fmt: ImageFormat, make: Callable[[], BootLoaders]) -> BootLoaders:
+        """What ``make`` returns for ``fmt``: made already when the build started it early,
+        else made now."""
+        future = self.early.get(fmt)
+        return future.result() if future is not None else make()
 
     @property
     def env(self) -> dict[str, str]:

@@ -15,13 +15,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from builder.images.context import ImageContext
+from builder.images.context import BootLoaders, ImageContext
 from builder.images.fat import make_vfat
 from builder.images.grub import find_grub_dir, make_core, render_marker_config, render_menu
 from builder.images.updater import make_updater_file, updater_name
 from builder.initramfs.cpio import render_cpio
 from builder.initramfs.tree import Tree
 from builder.process import find_tool, run
+from builder.recipe.formats import ImageFormat
 from builder.recipe.model import Recipe
 
 WHY = "to build ISO images"
@@ -67,13 +68,12 @@ def lay_out_files(recipe: Recipe, staging: Path, context: ImageContext, root: Pa
                   work: Path, updater_written: Callable[[], object]) -> None:
     """The ISO's tree: GRUB for BIOS and UEFI, the menu, kernel, initramfs, embed archive."""
     grub = root / "boot" / "grub"
-    marker = f"/boot/onie-{recipe.platform_string}.id"
+    marker = marker_path(recipe)
     (root / marker.lstrip("/")).write_text(f"{recipe.platform_string} {recipe.version}\n")
-    early = render_marker_config(marker, "/boot/grub")
-    make_core("i386-pc-eltorito", "i386-pc", grub / "bios.img", early, "/boot/grub", WHY)
-    efi = make_core("x86_64-efi", "x86_64-efi", work / "BOOTX64.EFI", early, "/boot/grub", WHY)
-    make_vfat(grub / "efi.img", {"EFI/BOOT/BOOTX64.EFI": efi}, "ONIE_EFI",
-              f"{recipe.platform_string}:iso-efi", context.source_date_epoch)
+    loaders = context.boot_loaders(
+        ImageFormat.ISO, lambda: make_boot_loaders(recipe, context.source_date_epoch))
+    for name, data in loaders.items():
+        (grub / name).write_bytes(data)
     shutil.copyfile(context.kernel, root / "boot" / "vmlinuz")
     shutil.copyfile(context.initramfs, root / "boot" / "initrd.img")
     updater_written()
@@ -90,6 +90,27 @@ def lay_out_files(recipe: Recipe, staging: Path, context: ImageContext, root: Pa
             ("Uninstall OS (erase the NOS from this switch's disk)", "uninstall", ["/boot/initrd.img"]),
             ("Update ONIE (find an updater for this switch's disk)", "update", ["/boot/initrd.img"]))]})
     (grub / "grub.cfg").write_text(menu)
+
+
+def marker_path(recipe: Recipe) -> str:
+    """The file only this ISO has, by which its core images find it."""
+    return f"/boot/onie-{recipe.platform_string}.id"
+
+
+def make_boot_loaders(recipe: Recipe, epoch: int) -> BootLoaders:
+    """GRUB's core images: ``bios.img`` (El Torito) and ``efi.img`` (the FAT image holding
+    the UEFI one). They need neither the kernel nor the initramfs, so a build makes them
+    while it assembles the tree (``builder.images.start_early``)."""
+    early = render_marker_config(marker_path(recipe), "/boot/grub")
+    with tempfile.TemporaryDirectory(prefix="iso-boot-") as tmp:
+        work = Path(tmp)
+        bios = make_core("i386-pc-eltorito", "i386-pc", work / "bios.img", early, "/boot/grub",
+                         WHY)
+        efi = make_core("x86_64-efi", "x86_64-efi", work / "BOOTX64.EFI", early, "/boot/grub",
+                        WHY)
+        image = make_vfat(work / "efi.img", {"EFI/BOOT/BOOTX64.EFI": efi}, "ONIE_EFI",
+                          f"{recipe.platform_string}:iso-efi", epoch)
+        return {"bios.img": bios.read_bytes(), "efi.img": image.read_bytes()}
 
 
 def make_embed_archive(recipe: Recipe, staging: Path, context: ImageContext, work: Path) -> bytes:

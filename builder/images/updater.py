@@ -25,7 +25,7 @@ from builder import __version__
 from builder.errors import BuildError
 from builder.files import public_mode
 from builder.images import fit
-from builder.images.context import ImageContext
+from builder.images.context import BootLoaders, ImageContext
 from builder.images.disk import MIB, SECTOR, Layout, make_gpt, make_layout
 from builder.images.fat import make_vfat
 from builder.images.grub import (
@@ -37,6 +37,7 @@ from builder.images.grub import (
     render_grubenv,
     render_menu,
 )
+from builder.recipe.formats import ImageFormat
 from builder.recipe.model import Recipe
 from builder.render import make_environment, render_template
 
@@ -99,7 +100,7 @@ def make_updater_file(recipe: Recipe, context: ImageContext, out: Path) -> Path:
         work = Path(tmp)
         head, tail = make_gpt(layout, recipe.platform_string, work)
         if recipe.platform.arch.value == "x86_64":
-            head, pieces = make_x86_pieces(recipe, context, layout, head, work)
+            head, pieces = make_x86_pieces(recipe, context, layout, head)
             boot_files = {**make_boot_files(recipe, context), **make_restore_files(layout, head, pieces)}
         else:
             pieces = make_arm64_pieces(recipe, context, layout, work)
@@ -112,12 +113,13 @@ def make_updater_file(recipe: Recipe, context: ImageContext, out: Path) -> Path:
     return out
 
 
-def make_x86_pieces(recipe: Recipe, context: ImageContext, layout: Layout, head: bytes,
-                    work: Path) -> tuple[bytes, list[Piece]]:
+def make_x86_pieces(recipe: Recipe, context: ImageContext, layout: Layout,
+                    head: bytes) -> tuple[bytes, list[Piece]]:
     """GRUB for BIOS (boot code + core image in GRUB-BOOT) and UEFI (the ESP). ONIE-BOOT is
     ext4, made on the switch (``make_boot_files``): a NOS installer mounts and reads it there."""
-    early = render_early_config(BOOT_LABEL)
-    core = make_core("i386-pc", "i386-pc", work / "core.img", early, "/grub", WHY).read_bytes()
+    loaders = context.boot_loaders(
+        ImageFormat.UPDATER, lambda: make_boot_loaders(recipe, context.source_date_epoch))
+    core = loaders["core.img"]
     if layout.table == "msdos":
         # ONIE's msdos layout: the core image in the gap between the MBR and partition 1.
         if len(core) > (MIB - 1) * SECTOR:
@@ -131,12 +133,29 @@ def make_x86_pieces(recipe: Recipe, context: ImageContext, layout: Layout, head:
         raise BuildError(f"the GRUB core image ({len(core)} bytes) does not fit the GRUB-BOOT partition")
     code = make_boot_code(bios.start)
     head = code + head[len(code):]
-    efi = make_core("x86_64-efi", "x86_64-efi", work / "BOOTX64.EFI", early, "/grub", WHY)
     esp = layout.find("EFI System")
-    esp_image = make_vfat(work / "esp.img", {"EFI/BOOT/BOOTX64.EFI": efi}, "EFI",
-                          f"{recipe.platform_string}:esp", context.source_date_epoch)
     return head, [Piece(bios.name, "bios.img", bios.start, place_core(core, bios.start)),
-                  Piece(esp.name, "esp.img", esp.start, esp_image.read_bytes())]
+                  Piece(esp.name, "esp.img", esp.start, loaders["esp.img"])]
+
+
+def make_boot_loaders(recipe: Recipe, epoch: int) -> BootLoaders:
+    """GRUB's core images for an x86 disk: ``core.img`` (BIOS) and, on GPT, ``esp.img`` (the
+    EFI system partition holding the UEFI one); none for arm64 (its FIT holds the kernel).
+    They need neither the kernel nor the initramfs, so a build makes them while it assembles
+    the tree (``builder.images.start_early``)."""
+    if recipe.platform.arch.value != "x86_64":
+        return {}
+    early = render_early_config(BOOT_LABEL)
+    with tempfile.TemporaryDirectory(prefix="updater-boot-") as tmp:
+        work = Path(tmp)
+        core = make_core("i386-pc", "i386-pc", work / "core.img", early, "/grub", WHY)
+        loaders = {"core.img": core.read_bytes()}
+        if recipe.images.partition_type.value == "msdos":  # no ESP on ONIE's msdos layout
+            return loaders
+        efi = make_core("x86_64-efi", "x86_64-efi", work / "BOOTX64.EFI", early, "/grub", WHY)
+        esp = make_vfat(work / "esp.img", {"EFI/BOOT/BOOTX64.EFI": efi}, "EFI",
+                        f"{recipe.platform_string}:esp", epoch)
+        return {**loaders, "esp.img": esp.read_bytes()}
 
 
 def make_boot_files(recipe: Recipe, context: ImageContext) -> dict[str, bytes]:

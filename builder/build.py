@@ -20,7 +20,7 @@ from builder import __version__
 from builder.components.cache import Cache, sha256_file, touch, write_atomic
 from builder.components.lock import DEFAULT_LOCK, Lock
 from builder.components.resolve import Archives, Resolution, Resolver, find_apt_sources
-from builder.images import image_inputs, make_images, start_early
+from builder.images import image_inputs, image_names, make_images, start_early
 from builder.images.context import BootLoaders, ImageContext
 from builder.initramfs import facts, ssh, transports
 from builder.initramfs.assemble import Context, make_tree, render_mode_notes
@@ -31,10 +31,10 @@ from builder.initramfs.trust import describe_trust, load_trust
 from builder.progress import Phase, Step, plain_step
 from builder.provenance.documents import (
     describe_provenance,
-    prepare_sboms,
     write_provenance,
     write_sboms,
 )
+from builder.provenance.renderer import SbomRenderer
 from builder.recipe.formats import Compression, ImageFormat
 from builder.recipe.model import Arch, Recipe
 from builder.render import BUILTIN_TEMPLATES
@@ -82,10 +82,14 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
                            recorded_sizes(previous))
     step(Phase.ASSEMBLE, f"{platform}: assembling the initramfs tree")
     # The boot loaders, which need neither kernel nor initramfs, are made on side threads
-    # while the tree is assembled and written; the SBOMs' contents while the images are.
-    side = ThreadPoolExecutor(max_workers=3)
+    # while the tree is assembled and written. The SBOMs are drafted in a process of its own
+    # (builder.provenance.renderer): it reads the components' licences beside the tree's
+    # assembly, then drafts while the images are made.
+    side = ThreadPoolExecutor(max_workers=2)
+    renderer: SbomRenderer | None = None
     staging: Path | None = None
     try:
+        renderer = SbomRenderer(recipe, resolution, cache.root)
         early = start_early(recipe, options.source_date_epoch, side) if options.images else {}
         with facts.remember(cache.root / "derived" / "facts.json"):
             tree = make_tree(Context(recipe, resolution, options.source_date_epoch))
@@ -93,15 +97,17 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
                 step(Phase.ASSEMBLE, f"{platform}: {note}")
         for warning in ssh.render_warnings(recipe):
             log.warning("%s: warning: %s", platform, warning)
+        drafts = renderer.draft(tree, [KERNEL, INITRAMFS,
+                                       *(image_names(recipe) if options.images else [])],
+                                options.source_date_epoch)
         staging = make_staging(options.out_dir, platform)
         outputs, layers = write_outputs(staging, recipe, resolution, tree, options, cache, step)
         sizes = measure_sizes(recipe, tree, options, cache)
-        contents = side.submit(prepare_sboms, recipe, resolution, tree, cache)
         if options.images:
             outputs.update(write_images(staging, recipe, resolution, tree, options, step, early))
         step(Phase.RECORD, f"{platform}: writing the SBOMs and the provenance")
-        inventory, sboms = write_sboms(staging, recipe, resolution, contents.result(), outputs,
-                                       options.source_date_epoch)
+        inventory, sboms = write_sboms(staging, recipe, resolution, renderer.result(drafts),
+                                       outputs, options.source_date_epoch, renderer.render)
         outputs.update(sboms)
         kept = {} if options.images else keep_images(final, staging, outputs)
         manifest = render_manifest(recipe, recipe_files, resolution, tree, outputs, layers, options,
@@ -123,6 +129,8 @@ def build_platform(recipe: Recipe, recipe_files: list[Path], options: BuildOptio
         write_atomic(stamp, json.dumps(record, sort_keys=True).encode())
     finally:
         side.shutdown(cancel_futures=True)
+        if renderer is not None:
+            renderer.close()
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     step(Phase.DONE, f"{platform}: wrote {final}")

@@ -3,9 +3,11 @@ every component and every initramfs file of the manifest with the same digests."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from cyclonedx.validation.json import JsonStrictValidator
 from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
+from builder.provenance import inventory
+from builder.provenance.documents import placeholder
 from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.network
@@ -73,6 +77,37 @@ def test_every_component_and_file_appears_with_its_digest(built: Callable[[str],
                                                           platform: str) -> None:
     folder = built(platform)
     check_against_manifest(folder)
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_outputs_appear_with_their_real_digests(built: Callable[[str], Path],
+                                                platform: str) -> None:
+    """The SBOMs are drafted before the images exist, each output's digest a placeholder
+    swapped for the real one at the end: every output the manifest lists (but the SBOMs,
+    the manifest and the statement) is in both with the digest of its file, no placeholder
+    is left, and the serial is the one the real outputs give."""
+    folder = built(platform)
+    manifest, spdx, cdx = (load(folder, n) for n in ("manifest.json", "sbom.spdx.json", "sbom.cdx.json"))
+    described = {name: info["sha256"] for name, info in manifest["outputs"].items()
+                 if name not in {"sbom.spdx.json", "sbom.cdx.json", "manifest.json",
+                                 "provenance.intoto.jsonl"}}
+    assert {"vmlinuz", "initrd.img"} < set(described)
+    for name, digest in described.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
+    spdx_outputs = {p["packageFileName"].removeprefix("./"): sha256_of(p)
+                    for p in spdx["packages"] if "packageFileName" in p}
+    assert spdx_outputs == described
+    cdx_outputs = {c["name"]: c["hashes"][0]["content"] for c in cdx["components"]
+                   if c["bom-ref"].startswith("output:")}
+    cdx_outputs["initrd.img"] = next(c["hashes"][0]["content"] for c in cdx["components"]
+                                     if c["bom-ref"] == "initramfs")
+    assert cdx_outputs == described
+    text = (folder / "sbom.spdx.json").read_text() + (folder / "sbom.cdx.json").read_text()
+    assert not [name for name in described if placeholder(name) in text]
+    serial = uuid.uuid5(inventory.NAMESPACE, "\n".join(
+        [manifest["platform"], *(f"{n} {d}" for n, d in sorted(described.items()))]))
+    assert cdx["serialNumber"] == f"urn:uuid:{serial}"
+    assert spdx["documentNamespace"].endswith(f"-{serial}")
 
 
 def check_against_manifest(folder: Path) -> None:

@@ -37,6 +37,18 @@ def builders() -> dict[ImageFormat, Builder]:
     }
 
 
+def image_names(recipe: Recipe) -> list[str]:
+    """The files ``make_images`` writes for ``recipe``, in its order: each format's
+    ``names``, which its builder returns."""
+    from builder.images import fit, iso, netboot, uki, updater
+
+    table = {ImageFormat.NETBOOT: netboot.names, ImageFormat.FIT: fit.names,
+             ImageFormat.UKI: uki.names, ImageFormat.UPDATER: updater.names,
+             ImageFormat.ISO: iso.names}
+    return [name for fmt in ImageFormat if fmt in recipe.images.formats
+            for name in table[fmt](recipe)]
+
+
 def image_inputs(recipe: Recipe) -> list[Path]:
     """The recipe's files that images read (keys, device trees), for no-op rebuild checks."""
     images = recipe.images

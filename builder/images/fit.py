@@ -30,6 +30,11 @@ def make_fit(recipe: Recipe, staging: Path, context: ImageContext) -> list[str]:
     folder.mkdir(exist_ok=True)
     make_fit_image(recipe, context, folder / FIT_NAME)
     make_boot_script(recipe, context, folder / SCRIPT_NAME)
+    return names(recipe)
+
+
+def names(recipe: Recipe) -> list[str]:
+    """The files ``make_fit`` writes."""
     return [f"{FOLDER}/{FIT_NAME}", f"{FOLDER}/{SCRIPT_NAME}"]
 
 

@@ -29,6 +29,11 @@ WHY = "to build ISO images"
 EMBED_PATH = "/onie-updater"  # where the embed entry's extra initramfs puts the updater
 
 
+def names(recipe: Recipe) -> list[str]:
+    """The file ``make_iso`` writes."""
+    return [iso_name(recipe)]
+
+
 def iso_name(recipe: Recipe) -> str:
     """ONIE's name for the recovery image: ``onie-recovery-<platform>.iso``."""
     return f"onie-recovery-{recipe.platform_string}.iso"
@@ -61,7 +66,7 @@ def make_iso(recipe: Recipe, staging: Path, context: ImageContext,
              "-boot-info-table", "--grub2-boot-info", "--grub2-mbr", hybrid_mbr,
              "--efi-boot", "boot/grub/efi.img", "-efi-boot-part", "--efi-boot-image",
              "--protective-msdos-label", root], env=context.env)
-    return [out.name]
+    return names(recipe)
 
 
 def lay_out_files(recipe: Recipe, staging: Path, context: ImageContext, root: Path,

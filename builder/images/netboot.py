@@ -37,6 +37,11 @@ def make_netboot(recipe: Recipe, staging: Path, context: ImageContext) -> list[s
         **values, "entries": entries, "serial_unit": serial_unit(recipe),
         "speed": recipe.platform.console.speed, "timeout": recipe.images.grub_timeout})
     (folder / "grub.cfg").write_text(grub)
+    return names(recipe)
+
+
+def names(recipe: Recipe) -> list[str]:
+    """The files ``make_netboot`` writes."""
     return [f"{FOLDER}/{name}" for name in ("vmlinuz", "initrd.img", "boot.ipxe", "grub.cfg")]
 
 

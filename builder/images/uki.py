@@ -33,6 +33,11 @@ def make_uki(recipe: Recipe, staging: Path, context: ImageContext) -> list[str]:
     uki = recipe.images.uki
     if uki.secureboot_key is not None and uki.secureboot_cert is not None:
         sign_image(out, uki.secureboot_key, uki.secureboot_cert, context)
+    return names(recipe)
+
+
+def names(recipe: Recipe) -> list[str]:
+    """The file ``make_uki`` writes."""
     return [f"{FOLDER}/{NAME}"]
 
 

@@ -61,6 +61,11 @@ class Piece:
     data: bytes
 
 
+def names(recipe: Recipe) -> list[str]:
+    """The file ``make_updater`` writes."""
+    return [updater_name(recipe)]
+
+
 def updater_name(recipe: Recipe) -> str:
     """ONIE's name for the updater: ``onie-updater-<platform>``."""
     return f"onie-updater-{recipe.platform_string}"
@@ -72,11 +77,11 @@ def make_updater(recipe: Recipe, staging: Path, context: ImageContext) -> list[s
     key = recipe.images.updater.key
     if key is None:
         make_updater_file(recipe, context, out)
-        return [out.name]
+        return names(recipe)
     with tempfile.TemporaryDirectory(prefix="updater-") as tmp:
         unsigned = make_updater_file(recipe, context, Path(tmp) / out.name)
         sign_updater(recipe, context, unsigned, out, key)
-    return [out.name]
+    return names(recipe)
 
 
 def sign_updater(recipe: Recipe, context: ImageContext, src: Path, dest: Path, key: Path) -> None:

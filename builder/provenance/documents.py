@@ -3,49 +3,85 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.components.cache import Cache, write_atomic
+from builder.components.cache import write_atomic
 from builder.components.resolve import Resolution
 from builder.errors import BuildError
 from builder.initramfs.tree import Tree
 from builder.provenance.dsse import IN_TOTO, render_envelope
-from builder.provenance.inventory import Contents, Inventory, find_contents, make_inventory
+from builder.provenance.inventory import (
+    Component,
+    Contents,
+    Inventory,
+    find_files,
+    make_inventory,
+)
+from builder.provenance.renderer import CYCLONEDX, SPDX, render_sboms
 from builder.provenance.statement import find_recipe_files, render_statement
 from builder.provenance.verify import PROVENANCE
 from builder.recipe.model import Recipe
 from builder.signing.keys import load_private_key
 from builder.signing.signers import KeySigner
 
-SPDX = "sbom.spdx.json"
-RENDERERS = ("builder.provenance.spdx", "builder.provenance.cyclonedx")
-CYCLONEDX = "sbom.cdx.json"
-
 Outputs = dict[str, dict[str, Any]]
+Render = Callable[[Inventory], dict[str, str]]  # SPDX and CYCLONEDX to their text
 
 
-def prepare_sboms(recipe: Recipe, resolution: Resolution, tree: Tree, cache: Cache) -> Contents:
-    """What ``write_sboms`` needs that the outputs do not change: the components (their
-    licences parsed) and the files, and the two SBOM libraries loaded. A build runs this on
-    another thread while it makes the images, which mostly wait on tools."""
-    for renderer in RENDERERS:  # spdx-tools and cyclonedx-python-lib: 0.25 s to import
-        importlib.import_module(renderer)
-    return find_contents(recipe, resolution, tree, cache)
+@dataclass(frozen=True)
+class Drafts:
+    """Both SBOMs rendered before the images were made (``draft_sboms``), each image's digest
+    a placeholder (``placeholder``) that ``write_sboms`` swaps for the real one."""
+
+    contents: Contents
+    planned: Outputs  # the outputs they describe, the images' digests placeholders
+    inventory: Inventory  # of the planned outputs (its serial comes from their digests)
+    texts: dict[str, str]  # SPDX and CYCLONEDX to their text
 
 
-def write_sboms(staging: Path, recipe: Recipe, resolution: Resolution, contents: Contents,
-                outputs: Outputs, source_date_epoch: int) -> tuple[Inventory, Outputs]:
-    """Write the SPDX and CycloneDX documents describing ``outputs`` (names to digests and
-    sizes) and ``contents`` (``find_contents``); return theirs."""
-    from builder.provenance.cyclonedx import render_cyclonedx
-    from builder.provenance.spdx import render_spdx
+def placeholder(name: str) -> str:
+    """A stand-in sha256 for the output ``name`` until it is made: the digest of a text no
+    output is, so it cannot occur in an SBOM for another reason."""
+    return hashlib.sha256(f"onie-builder: the sha256 of {name}, once made".encode()).hexdigest()
 
-    inventory = make_inventory(recipe, resolution, contents, outputs, source_date_epoch)
-    written: Outputs = {}
-    for name, text in ((SPDX, render_spdx(inventory)), (CYCLONEDX, render_cyclonedx(inventory))):
-        written[name] = _write(staging / name, text.encode())
+
+def draft_sboms(recipe: Recipe, resolution: Resolution, tree: Tree,
+                components: tuple[Component, ...], names: list[str], source_date_epoch: int,
+                render: Render = render_sboms) -> Drafts:
+    """The SBOMs of ``components`` (``find_components``) and ``tree``'s files, describing as
+    outputs the files ``names`` not made yet, each with a placeholder digest. A build drafts
+    them in a process of its own (``SbomRenderer``) while it writes the initramfs and makes
+    the images, so that once they are done, writing the SBOMs is a text substitution."""
+    contents = Contents(components, find_files(tree, resolution))
+    planned: Outputs = {name: {"sha256": placeholder(name), "size": 0} for name in names}
+    inventory = make_inventory(recipe, resolution, contents, planned, source_date_epoch)
+    return Drafts(contents, planned, inventory, render(inventory))
+
+
+def write_sboms(staging: Path, recipe: Recipe, resolution: Resolution, drafts: Drafts,
+                outputs: Outputs, source_date_epoch: int,
+                render: Render = render_sboms) -> tuple[Inventory, Outputs]:
+    """Write the SPDX and CYCLONEDX documents describing ``outputs`` (names to digests and
+    sizes) and the drafts' contents; return theirs. The drafts are used when they describe
+    the same files, with their placeholders and serial swapped for the real ones: the texts
+    differ only there (a digest's length is fixed; both documents order outputs by name, not
+    by digest). Otherwise the documents are rendered again."""
+    inventory = make_inventory(recipe, resolution, drafts.contents, outputs, source_date_epoch)
+    if sorted(drafts.planned) == sorted(outputs):
+        swaps = {str(drafts.inventory.serial): str(inventory.serial),
+                 **{str(planned["sha256"]): str(outputs[name]["sha256"])
+                    for name, planned in drafts.planned.items()}}
+        pattern = re.compile("|".join(re.escape(old) for old in swaps))
+        texts = {name: pattern.sub(lambda m: swaps[m[0]], text)
+                 for name, text in drafts.texts.items()}
+    else:  # the images wrote other files than their names said
+        texts = render(inventory)
+    written: Outputs = {name: _write(staging / name, texts[name].encode())
+                        for name in (SPDX, CYCLONEDX)}
     return inventory, written
 
 

@@ -100,16 +100,11 @@ class Inventory:
 class Contents:
     """What an inventory lists besides the outputs: the components and the initramfs files.
     Found from the resolution and the tree alone, so a build finds them while it writes the
-    initramfs and the images (``find_contents`` on another thread)."""
+    initramfs and the images (``find_components`` and ``find_files``, in the process of
+    builder.provenance.renderer)."""
 
     components: tuple[Component, ...]
     files: tuple[File, ...]
-
-
-def find_contents(recipe: Recipe, resolution: Resolution, tree: Tree, cache: Cache) -> Contents:
-    """The components (licences read from their copyright files) and the files of a build."""
-    return Contents(find_components(resolution, cache, recipe.platform.arch.debian),
-                    find_files(tree, resolution))
 
 
 def make_inventory(recipe: Recipe, resolution: Resolution, contents: Contents,

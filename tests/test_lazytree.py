@@ -182,3 +182,32 @@ def test_one_pass_writes_the_closure_and_no_empty_folders(
     assert again == []  # nothing read back from the blocks
     empty = [d for d in (modules_dir / "kernel").rglob("*") if d.is_dir() and not any(d.iterdir())]
     assert empty == []
+
+
+def test_an_unpack_started_early_is_the_one_the_checks_get(
+        kernel_blob: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI starts the kernel's unpacking from the lock before the checks
+    (``start_unpack_kernel``); the checks' own ``unpack_kernel_apart`` waits for that one
+    instead of unpacking again, and nothing is started for a tree already made."""
+    cache = Cache(tmp_path / "cache")
+    blob = cache.blob_path(kernel_blob.name)
+    blob.parent.mkdir(parents=True)
+    os.link(kernel_blob, blob)
+    spawned: list[list[str]] = []
+    real = lazytree._spawn_unpack
+
+    def counted(deb: Path, in_cache: Cache, wanted: list[str]) -> Path:
+        spawned.append(wanted)
+        return real(deb, in_cache, wanted)
+
+    monkeypatch.setattr(lazytree, "_spawn_unpack", counted)
+    monkeypatch.setattr(lazytree, "_started", {})
+    lazytree.start_unpack_kernel(blob, cache, ["virtio_net", "e1000"])
+    lazytree.start_unpack_kernel(blob, cache, ["virtio_net", "e1000"])  # once only
+    tree = lazytree.unpack_kernel_apart(blob, cache, ["e1000", "virtio_net"])
+    assert spawned == [["e1000", "virtio_net"]]
+    assert tree == cache.root / "unpacked" / f"{kernel_blob.name}.lazy"
+    assert list((tree / "lib/modules").glob("*/kernel/drivers/net/ethernet/intel/e1000/e1000.ko"))
+    monkeypatch.setattr(lazytree, "_started", {})
+    lazytree.start_unpack_kernel(blob, cache, ["ext4"])  # the tree is made: nothing to start
+    assert lazytree._started == {} and len(spawned) == 1

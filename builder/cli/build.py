@@ -221,10 +221,8 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
                             tuple((str(n), int(s)) for n, s in r.get("sizes", [])))
                 for r in fresh if r], as_json, paths)
         return
-    from builder.build import BuildOptions, build_platform, make_resolver
+    from builder.components.lazytree import start_kernels
     from builder.components.lock import read_lock
-    from builder.components.resolve import Archives
-    from builder.preflight import check_packages
 
     # Every check before any work: the recipes and the files they name (no download), then
     # their packages, modules and binaries (through the cache), for every recipe named.
@@ -236,6 +234,14 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
     results = []
     with Progress() as progress:
         cache = make_cache(ctx, offline=offline, progress=progress)
+        # The kernel package, the checks' longest work, starts unpacking now (when the lock
+        # pins it and the cache holds it), while the modules the rest needs are imported.
+        for _, recipe, _, _ in loaded:
+            start_kernels(recipe, the_lock, cache)
+        from builder.build import BuildOptions, build_platform, make_resolver
+        from builder.components.resolve import Archives
+        from builder.preflight import check_packages
+
         archives: Archives = {}  # each index loaded once, for the checks and the builds
         builds = []
         for epoch, (path, recipe, merged, _) in zip(epochs, loaded, strict=True):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from builder.components import lazytree, xzblocks
+from builder.components import kernelproc, lazytree, xzblocks
 from builder.components.cache import Cache
 from builder.components.lazytree import lazy_files, unpack_kernel
 from builder.components.xzblocks import read_blocks, read_range
@@ -194,20 +194,20 @@ def test_an_unpack_started_early_is_the_one_the_checks_get(
     blob.parent.mkdir(parents=True)
     os.link(kernel_blob, blob)
     spawned: list[list[str]] = []
-    real = lazytree._spawn_unpack
+    real = kernelproc._spawn_unpack
 
     def counted(deb: Path, in_cache: Cache, wanted: list[str]) -> Path:
         spawned.append(wanted)
         return real(deb, in_cache, wanted)
 
-    monkeypatch.setattr(lazytree, "_spawn_unpack", counted)
-    monkeypatch.setattr(lazytree, "_started", {})
-    lazytree.start_unpack_kernel(blob, cache, ["virtio_net", "e1000"])
-    lazytree.start_unpack_kernel(blob, cache, ["virtio_net", "e1000"])  # once only
-    tree = lazytree.unpack_kernel_apart(blob, cache, ["e1000", "virtio_net"])
+    monkeypatch.setattr(kernelproc, "_spawn_unpack", counted)
+    monkeypatch.setattr(kernelproc, "_started", {})
+    kernelproc.start_unpack_kernel(blob, cache, ["virtio_net", "e1000"])
+    kernelproc.start_unpack_kernel(blob, cache, ["virtio_net", "e1000"])  # once only
+    tree = kernelproc.unpack_kernel_apart(blob, cache, ["e1000", "virtio_net"])
     assert spawned == [["e1000", "virtio_net"]]
     assert tree == cache.root / "unpacked" / f"{kernel_blob.name}.lazy"
     assert list((tree / "lib/modules").glob("*/kernel/drivers/net/ethernet/intel/e1000/e1000.ko"))
-    monkeypatch.setattr(lazytree, "_started", {})
-    lazytree.start_unpack_kernel(blob, cache, ["ext4"])  # the tree is made: nothing to start
-    assert lazytree._started == {} and len(spawned) == 1
+    monkeypatch.setattr(kernelproc, "_started", {})
+    kernelproc.start_unpack_kernel(blob, cache, ["ext4"])  # the tree is made: nothing to start
+    assert kernelproc._started == {} and len(spawned) == 1

@@ -16,11 +16,11 @@ from conftest import ROOT
 from test_deb import make_deb
 
 from builder.components import deb as debmod
-from builder.components import lazytree
+from builder.components import kernelproc, lazytree
 from builder.components.apt import Archive
 from builder.components.cache import Cache
 from builder.components.deb import list_contents, unpack_deb
-from builder.components.lazytree import kernel_contents
+from builder.components.kernelproc import kernel_contents
 from builder.components.resolve import Archives, Resolver, find_apt_sources
 from builder.errors import BuildError
 from builder.preflight import packages
@@ -98,7 +98,7 @@ def test_the_kernel_package_is_decompressed_once(tmp_path: Path,
     assert expected["lib/modules/9.9.9-test/build"] == "l:/usr/src/none"
     opened = count_reads(monkeypatch)
     # in this process, so that its reads are counted (test_the_kernel_is_unpacked_apart)
-    monkeypatch.setattr(lazytree, "unpack_kernel_apart", lazytree.unpack_kernel)
+    monkeypatch.setattr(kernelproc, "unpack_kernel_apart", lazytree.unpack_kernel)
     cache = Cache(tmp_path / "cache")
     blob = in_cache(cache, deb)
     assert kernel_contents(blob, cache, ["a"]) == expected
@@ -117,13 +117,13 @@ def test_the_kernel_is_unpacked_apart(tmp_path: Path, monkeypatch: pytest.Monkey
     opened = count_reads(monkeypatch)
     cache = Cache(tmp_path / "cache")
     blob = in_cache(cache, deb)
-    tree = lazytree.unpack_kernel_apart(blob, cache, ["a"])
+    tree = kernelproc.unpack_kernel_apart(blob, cache, ["a"])
     assert tree == cache.root / "unpacked" / f"{blob.name}.lazy"
     drivers = tree / "lib/modules/9.9.9-test/kernel/drivers"
     assert sorted(p.name for p in drivers.iterdir()) == ["a.ko", "b_dep.ko"]
     assert opened == []
-    monkeypatch.setattr(lazytree, "ProcessPoolExecutor", None)  # no process the second time
-    assert lazytree.unpack_kernel_apart(blob, cache, ["a"]) == tree
+    monkeypatch.setattr(kernelproc, "ProcessPoolExecutor", None)  # no process the second time
+    assert kernelproc.unpack_kernel_apart(blob, cache, ["a"]) == tree
     assert kernel_contents(blob, cache, ["a"])["lib/modules/9.9.9-test/kernel/drivers/c.ko"] == "f"
     assert opened == []
 
@@ -137,7 +137,7 @@ def test_a_failure_in_the_kernels_process_is_a_build_error(tmp_path: Path) -> No
     data[start + 40:start + 80] = bytes(40)  # its compressed bytes damaged
     blob.write_bytes(bytes(data))
     with pytest.raises(BuildError, match=r"corrupt|unpacking failed|truncated"):
-        lazytree.unpack_kernel_apart(blob, cache, ["a"])
+        kernelproc.unpack_kernel_apart(blob, cache, ["a"])
 
 
 @pytest.mark.network

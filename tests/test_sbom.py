@@ -20,7 +20,7 @@ from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from builder.provenance import inventory
-from builder.provenance.documents import placeholder
+from builder.provenance.drafts import placeholder
 from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.network

@@ -9,10 +9,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from builder.provenance import documents
-from builder.provenance.documents import Drafts, placeholder, write_sboms
+from builder.provenance import drafts as drafting
+from builder.provenance.documents import write_sboms
+from builder.provenance.drafts import CYCLONEDX, SPDX, Drafts, placeholder
 from builder.provenance.inventory import Contents, Inventory, make_inventory
-from builder.provenance.renderer import CYCLONEDX, SPDX
 
 RECIPE: Any = SimpleNamespace(platform_string="x86_64-test-r0", name="test", version="1",
                               platform=SimpleNamespace(arch=SimpleNamespace(debian="amd64")))
@@ -76,4 +76,4 @@ def test_placeholders_are_digest_shaped_and_distinct() -> None:
     found = {placeholder(name) for name in names}
     assert len(found) == len(names)
     assert all(len(p) == 64 and int(p, 16) >= 0 for p in found)
-    assert documents.placeholder("vmlinuz") == placeholder("vmlinuz")  # stable across calls
+    assert drafting.placeholder("vmlinuz") == placeholder("vmlinuz")  # stable across calls

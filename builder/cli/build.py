@@ -221,7 +221,7 @@ def build(ctx: click.Context, names: tuple[str, ...], out_dir: Path, lock_path: 
                             tuple((str(n), int(s)) for n, s in r.get("sizes", [])))
                 for r in fresh if r], as_json, paths)
         return
-    from builder.components.lazytree import start_kernels
+    from builder.components.kernelproc import start_kernels
     from builder.components.lock import read_lock
 
     # Every check before any work: the recipes and the files they name (no download), then

@@ -17,7 +17,7 @@ from pathlib import Path
 from builder.components.apt import Archive, DebPackage
 from builder.components.cache import Cache
 from builder.components.deb import unpack_deb
-from builder.components.lazytree import unpack_kernel_apart
+from builder.components.kernelproc import unpack_kernel_apart
 from builder.components.lock import Lock, Pin, PlatformLock
 from builder.components.mirror import AptSource, find_host_sources, parse_mirror_option
 from builder.components.unpacked import resolve_inside

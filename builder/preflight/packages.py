@@ -20,7 +20,7 @@ from pathlib import Path
 
 from builder.components.cache import Cache, touch, write_atomic
 from builder.components.deb import deb_digest, list_contents
-from builder.components.lazytree import kernel_contents
+from builder.components.kernelproc import kernel_contents
 from builder.components.resolve import Resolver
 from builder.errors import MissingPackage
 from builder.initramfs.kmod import normalize_name, split_suffix

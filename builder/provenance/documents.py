@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from builder.components.cache import write_atomic
 from builder.components.resolve import Resolution
 from builder.errors import BuildError
-from builder.initramfs.tree import Tree
+from builder.provenance.drafts import CYCLONEDX, SPDX, Drafts, Render, render_sboms
 from builder.provenance.dsse import IN_TOTO, render_envelope
-from builder.provenance.inventory import (
-    Component,
-    Contents,
-    Inventory,
-    find_files,
-    make_inventory,
-)
-from builder.provenance.renderer import CYCLONEDX, SPDX, render_sboms
+from builder.provenance.inventory import Inventory, make_inventory
 from builder.provenance.statement import find_recipe_files, render_statement
 from builder.provenance.verify import PROVENANCE
 from builder.recipe.model import Recipe
@@ -29,37 +20,6 @@ from builder.signing.keys import load_private_key
 from builder.signing.signers import KeySigner
 
 Outputs = dict[str, dict[str, Any]]
-Render = Callable[[Inventory], dict[str, str]]  # SPDX and CYCLONEDX to their text
-
-
-@dataclass(frozen=True)
-class Drafts:
-    """Both SBOMs rendered before the images were made (``draft_sboms``), each image's digest
-    a placeholder (``placeholder``) that ``write_sboms`` swaps for the real one."""
-
-    contents: Contents
-    planned: Outputs  # the outputs they describe, the images' digests placeholders
-    inventory: Inventory  # of the planned outputs (its serial comes from their digests)
-    texts: dict[str, str]  # SPDX and CYCLONEDX to their text
-
-
-def placeholder(name: str) -> str:
-    """A stand-in sha256 for the output ``name`` until it is made: the digest of a text no
-    output is, so it cannot occur in an SBOM for another reason."""
-    return hashlib.sha256(f"onie-builder: the sha256 of {name}, once made".encode()).hexdigest()
-
-
-def draft_sboms(recipe: Recipe, resolution: Resolution, tree: Tree,
-                components: tuple[Component, ...], names: list[str], source_date_epoch: int,
-                render: Render = render_sboms) -> Drafts:
-    """The SBOMs of ``components`` (``find_components``) and ``tree``'s files, describing as
-    outputs the files ``names`` not made yet, each with a placeholder digest. A build drafts
-    them in a process of its own (``SbomRenderer``) while it writes the initramfs and makes
-    the images, so that once they are done, writing the SBOMs is a text substitution."""
-    contents = Contents(components, find_files(tree, resolution))
-    planned: Outputs = {name: {"sha256": placeholder(name), "size": 0} for name in names}
-    inventory = make_inventory(recipe, resolution, contents, planned, source_date_epoch)
-    return Drafts(contents, planned, inventory, render(inventory))
 
 
 def write_sboms(staging: Path, recipe: Recipe, resolution: Resolution, drafts: Drafts,

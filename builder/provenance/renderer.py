@@ -23,27 +23,17 @@ from typing import TYPE_CHECKING, TypeVar
 
 from builder.components.cache import Cache
 from builder.errors import BuildError
+from builder.provenance.drafts import Drafts, draft_sboms, render_sboms
 from builder.provenance.inventory import Component, Inventory, find_components
 
 if TYPE_CHECKING:
     from builder.components.resolve import Resolution
     from builder.initramfs.tree import Tree
-    from builder.provenance.documents import Drafts
     from builder.recipe.model import Recipe
 
-SPDX = "sbom.spdx.json"
-CYCLONEDX = "sbom.cdx.json"
 T = TypeVar("T")
 LOGGERS = ("builder", "debian")  # whose levels the process takes from the build
 MODULES = ("builder.provenance.spdx", "builder.provenance.cyclonedx")
-
-
-def render_sboms(inventory: Inventory) -> dict[str, str]:
-    """The SPDX and CycloneDX texts of ``inventory``, by file name."""
-    from builder.provenance.cyclonedx import render_cyclonedx
-    from builder.provenance.spdx import render_spdx
-
-    return {SPDX: render_spdx(inventory), CYCLONEDX: render_cyclonedx(inventory)}
 
 
 def _init(levels: dict[str, int]) -> None:
@@ -55,7 +45,7 @@ def _init(levels: dict[str, int]) -> None:
 
 
 def _load() -> None:
-    for name in (*MODULES, "builder.provenance.documents"):
+    for name in MODULES:
         importlib.import_module(name)
 
 
@@ -69,8 +59,6 @@ def _find_components(key: str, resolution: Resolution, cache_root: Path, arch: s
 
 def _draft(key: str, recipe: Recipe, resolution: Resolution, tree: Tree, cache_root: Path,
            names: list[str], source_date_epoch: int) -> Drafts:
-    from builder.provenance.documents import draft_sboms
-
     components = _components.pop(key, None)
     if components is None:  # not found first (the process runs requests in order)
         components = find_components(resolution, Cache(cache_root, offline=True),

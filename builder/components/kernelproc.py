@@ -103,8 +103,6 @@ def kernel_contents(deb: Path, cache: Cache, wanted: Iterable[str]) -> dict[str,
     """``list_contents`` of kernel package ``deb``. A cache blob not listed yet is unpacked
     lazily first (``unpack_kernel``, the build's own step), whose one decompression lists it
     too: the package is read once for the checks before a build and for the build."""
-    if deb == cache.blob_path(deb.name) and cached_contents(cache, deb.name) is None \
-            and not (cache.root / "unpacked" / deb.name).is_dir() \
-            and not (cache.root / "unpacked" / f"{deb.name}.lazy").is_dir():
+    if _to_make(deb, cache) and cached_contents(cache, deb.name) is None:
         unpack_kernel_apart(deb, cache, wanted)
     return list_contents(deb, cache)
